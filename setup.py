@@ -45,7 +45,7 @@ def _extension():
     with_cuda = _want_cuda()
     sources = _sources("*.cpp") + _sources("cpu/*.cpp")
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-    cxx = opt + ["-std=c++17", "-fopenmp", "-fno-math-errno"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fno-math-errno"]
     # NB: -fopenmp on the link line too; without it at::parallel_for runs on one thread.
     link = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -66,7 +66,7 @@ def _extension():
         if os.path.isdir(extra):
             include_dirs.append(extra)
     define_macros += [("FASTSOFTMAX_WITH_CUDA", "1"), ("FASTSOFTMAX_CUDA_ARCHS", f'"{arch_list}"')]
-    nvcc = opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = opt + ["-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "fastsoftmax._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,

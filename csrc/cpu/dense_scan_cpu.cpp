@@ -103,6 +103,7 @@ at::Tensor dense_scan_logsumexp(const DenseScan& scan) {
   auto buffers = at::empty({nthreads, kRowBlock * kColTile}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(acc, "dense_scan_logsumexp", [&] {
+    using acc_t = scalar_t;
     const acc_t* offset =
         scan.offset.defined() ? scan.offset.const_data_ptr<acc_t>() : nullptr;
     const auto inv_tau = static_cast<acc_t>(scan.inv_tau);
@@ -128,6 +129,7 @@ at::Tensor dense_scan_logsumexp(const DenseScan& scan) {
   // Merge the per-thread partial states row by row.
   auto lse = at::empty({B}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "dense_scan_merge", [&] {
+    using acc_t = scalar_t;
     const acc_t* m = run_max.const_data_ptr<acc_t>();
     const acc_t* s = run_sum.const_data_ptr<acc_t>();
     acc_t* out = lse.data_ptr<acc_t>();
@@ -162,6 +164,7 @@ void dense_scan_backward(const DenseScan& scan, const at::Tensor& lse, const at:
   auto buffers = at::empty({nthreads, kRowBlock * kColTile}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(acc, "dense_scan_backward", [&] {
+    using acc_t = scalar_t;
     const acc_t* offset =
         scan.offset.defined() ? scan.offset.const_data_ptr<acc_t>() : nullptr;
     const acc_t* lse_p = lse.const_data_ptr<acc_t>();

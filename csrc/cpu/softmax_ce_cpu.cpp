@@ -257,6 +257,7 @@ std::tuple<Tensor, Tensor> sampled_softmax_ce_fwd_cpu(
   const Tensor s_pos = positive_scores(a);
   auto loss = at::empty_like(lse);
   AT_DISPATCH_FLOATING_TYPES(lse.scalar_type(), "sampled_softmax_ce_loss", [&] {
+    using acc_t = scalar_t;
     const acc_t* s = s_pos.const_data_ptr<acc_t>();
     const acc_t* w = a.weights.const_data_ptr<acc_t>();
     const int64_t* pid = a.positive_ids.defined() ? a.positive_ids.const_data_ptr<int64_t>()
