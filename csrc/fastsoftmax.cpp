@@ -28,6 +28,16 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "full_softmax_ce_backward(Tensor grad_loss, Tensor query, Tensor weight, Tensor? bias, "
       "Tensor targets, Tensor target_weights, Tensor lse, float temperature) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // ---- top-k inner-product retrieval (issue 3) ----
+  // Exact top-k of query [B, d] . items [N, d]^T (+ bias [N]) per row, skipping the items listed
+  // for that row in the CSR pair exclude_offsets [B + 1] / exclude_indices [E] (int64).
+  // Returns (scores [B, k] float32, or float64 for float64 inputs; indices [B, k] int64), higher
+  // score first and lower index on ties when sorted; NaN/-inf scores are never returned and short
+  // rows are padded with (-inf, -1). Not differentiable.
+  m.def(
+      "topk_inner_product(Tensor query, Tensor items, int k, Tensor? bias, "
+      "Tensor? exclude_offsets, Tensor? exclude_indices, bool sorted) -> (Tensor, Tensor)");
 }
 
 namespace {
