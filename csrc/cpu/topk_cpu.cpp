@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <numeric>
 #include <optional>
 #include <tuple>
@@ -54,8 +53,8 @@ struct Cand {
 
 // How a candidate is stored in a row buffer. For float scores a candidate is one uint64 key,
 // (order-preserving bits of the score) << 32 | ~index, so that "higher score first, lower index
-// on ties" is plain unsigned `>` and the selections below run on integers (about 3x faster than
-// on {score, index} pairs). This needs N <= 2^32 - 1, checked at the entry. Double scores (the
+// on ties" is plain unsigned `>` and the selections below compare integers instead of
+// {score, index} pairs (common/topk.h). This needs N <= 2^32 - 2, checked at the entry. Double scores (the
 // float64 path, used for checking) keep the pair.
 template <typename acc_t>
 struct KeyCodec;
@@ -63,23 +62,9 @@ struct KeyCodec;
 template <>
 struct KeyCodec<float> {
   using key_t = uint64_t;
-  static key_t encode(float s, int64_t index) {
-    uint32_t bits;
-    std::memcpy(&bits, &s, sizeof(bits));
-    // Negative floats: flip all bits; non-negative: flip the sign bit.
-    bits ^= (bits & 0x80000000u) ? 0xFFFFFFFFu : 0x80000000u;
-    return (static_cast<uint64_t>(bits) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(index));
-  }
-  static float score(key_t key) {
-    uint32_t bits = static_cast<uint32_t>(key >> 32);
-    bits ^= (bits & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu;
-    float s;
-    std::memcpy(&s, &bits, sizeof(s));
-    return s;
-  }
-  static int64_t index(key_t key) {
-    return static_cast<int64_t>(0xFFFFFFFFu - static_cast<uint32_t>(key & 0xFFFFFFFFu));
-  }
+  static key_t encode(float s, int64_t index) { return topk_key_encode(s, index); }
+  static float score(key_t key) { return topk_key_score(key); }
+  static int64_t index(key_t key) { return topk_key_index(key); }
   struct Before {
     bool operator()(key_t a, key_t b) const { return a > b; }
   };
