@@ -38,6 +38,13 @@ TORCH_LIBRARY(fastsoftmax, m) {
   m.def(
       "topk_inner_product(Tensor query, Tensor items, int k, Tensor? bias, "
       "Tensor? exclude_offsets, Tensor? exclude_indices, bool sorted) -> (Tensor, Tensor)");
+  // The same result for float32 query/items, computed by a bf16 scan (items_bf16 [N, d] is the
+  // rounded table) that over-fetches candidates and re-scores them in float64; rows whose
+  // certificate fails are recomputed exactly. CPU only.
+  m.def(
+      "topk_inner_product_bf16_rescored(Tensor query, Tensor items, Tensor items_bf16, int k, "
+      "Tensor? bias, Tensor? exclude_offsets, Tensor? exclude_indices, bool sorted) "
+      "-> (Tensor, Tensor)");
 }
 
 namespace {

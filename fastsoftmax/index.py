@@ -12,7 +12,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .retrieval import Exclusions, exclusions_to_csr, topk_inner_product
+from .retrieval import (Exclusions, exclusions_to_csr, topk_inner_product,
+                        topk_inner_product_bf16)
 
 __all__ = ["ItemIndex"]
 
@@ -38,6 +39,10 @@ class ItemIndex:
         dtype: storage dtype of the table (float32, bfloat16, float16 or float64); default: the
             dtype of ``items``. Queries are cast to it; scores accumulate in float32 (float64 for
             a float64 table).
+        bf16_scan: float32 tables on CPU only: also keep a bfloat16 copy and search with
+            ``topk_inner_product_bf16`` (bfloat16 scan, float64 re-scoring of an over-fetched,
+            certified candidate set: the exact float32 top-k, faster where the CPU multiplies
+            bfloat16 natively). Costs N x d x 2 more bytes.
 
     ``search`` is exact for the stored table: with ``dtype=torch.bfloat16`` it returns the exact
     top-k of the bfloat16-rounded table and query.
@@ -45,7 +50,7 @@ class ItemIndex:
 
     def __init__(self, items: torch.Tensor, ids: Optional[torch.Tensor] = None,
                  bias: Optional[torch.Tensor] = None, *,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None, bf16_scan: bool = False) -> None:
         if not isinstance(items, torch.Tensor):
             raise TypeError(f"items must be a torch.Tensor, got {type(items).__name__}")
         if items.dim() != 2:
@@ -76,6 +81,12 @@ class ItemIndex:
                 raise ValueError(f"ids must be distinct; {dup} appears more than once")
             self._ids = ids.detach().contiguous()
             self._sorted_ids, self._id_rows = sorted_ids, rows
+        self._scan_table = None
+        if bf16_scan:
+            if self._items.dtype != torch.float32 or self._items.device.type != "cpu":
+                raise ValueError("bf16_scan needs a float32 table on CPU, got "
+                                 f"{self._items.dtype} on {self._items.device}")
+            self._scan_table = self._items.bfloat16()
         self._bias = None
         if bias is not None:
             if not isinstance(bias, torch.Tensor):
@@ -125,13 +136,18 @@ class ItemIndex:
     def __repr__(self) -> str:
         return (f"ItemIndex(num_items={self.num_items}, dim={self.dim}, dtype={self.dtype}, "
                 f"ids={self._ids is not None}, bias={self._bias is not None}, "
-                f"device={self.device})")
+                f"bf16_scan={self.bf16_scan}, device={self.device})")
+
+    @property
+    def bf16_scan(self) -> bool:
+        return self._scan_table is not None
 
     def to(self, device: Union[str, torch.device]) -> "ItemIndex":
         """A copy of the index on ``device``."""
         return ItemIndex(self._items.to(device),
                          None if self._ids is None else self._ids.to(device),
-                         None if self._bias is None else self._bias.to(device))
+                         None if self._bias is None else self._bias.to(device),
+                         bf16_scan=self.bf16_scan and torch.device(device).type == "cpu")
 
     # --------------------------------------------------------------------------------- search
 
@@ -184,8 +200,13 @@ class ItemIndex:
         csr = None
         if exclude is not None:
             csr = self._exclusions_to_rows(exclude, query.shape[0], query.device)
-        scores, rows = topk_inner_product(query.to(self.dtype), self._items, k, bias=self._bias,
-                                          exclude=csr, sorted=sorted)
+        if self._scan_table is not None:
+            scores, rows = topk_inner_product_bf16(query.to(self.dtype), self._items, k,
+                                                   items_bf16=self._scan_table, bias=self._bias,
+                                                   exclude=csr, sorted=sorted)
+        else:
+            scores, rows = topk_inner_product(query.to(self.dtype), self._items, k,
+                                              bias=self._bias, exclude=csr, sorted=sorted)
         if self._ids is None:
             return scores, rows
         ids = self._ids[rows.clamp(min=0)]
@@ -205,6 +226,7 @@ class ItemIndex:
             "num_items": self.num_items,
             "dim": self.dim,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "bf16_scan": self.bf16_scan,
             "tensors": tensors,
             "crc32": {name: _crc32(t) for name, t in tensors.items()},
         }
@@ -256,6 +278,7 @@ class ItemIndex:
         if _DTYPE_NAMES.get(dtype) != items.dtype:
             raise bad(f"items have dtype {items.dtype} but the header says {dtype!r}")
         try:
-            return cls(items, tensors.get("ids"), tensors.get("bias"))
+            return cls(items, tensors.get("ids"), tensors.get("bias"),
+                       bf16_scan=bool(state.get("bf16_scan", False)))
         except (TypeError, ValueError) as exc:
             raise bad(f"inconsistent contents: {exc}") from exc

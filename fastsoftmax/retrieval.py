@@ -14,7 +14,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 
-__all__ = ["topk_inner_product", "exclusions_to_csr"]
+__all__ = ["topk_inner_product", "topk_inner_product_bf16", "exclusions_to_csr"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -216,4 +216,66 @@ def _topk_backward(ctx, grad_scores, grad_indices):
 
 
 torch.library.register_autograd("fastsoftmax::topk_inner_product", _topk_backward,
+                                setup_context=_topk_setup_context)
+
+
+# -------------------------------------------------------------- bf16 scan, exact fp32 result
+
+
+def topk_inner_product_bf16(query: torch.Tensor, items: torch.Tensor, k: int, *,
+                            items_bf16: Optional[torch.Tensor] = None,
+                            bias: Optional[torch.Tensor] = None,
+                            exclude: Optional[Exclusions] = None,
+                            sorted: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``topk_inner_product`` for float32 inputs, computed with a bfloat16 scan (CPU only).
+
+    The scan multiplies bfloat16 copies of query and items (AVX512-BF16 / AMX through oneDNN where
+    the CPU has them), over-fetches ``k + max(64, k // 2)`` candidates per row, re-scores them in
+    float64 from the float32 inputs and keeps the k best. A per-row error bound certifies that no
+    item left out could enter the top-k; rows without the certificate are recomputed by the exact
+    float32 scan. The result is the exact float32 top-k (same rules and outputs as
+    ``topk_inner_product``; scores are the float64 re-scores rounded to float32).
+
+    Args:
+        items_bf16: ``items.bfloat16()``, cached by the caller (``ItemIndex(..., bf16_scan=True)``
+            does); computed per call when None.
+        Other arguments as in ``topk_inner_product``; query and items must be float32 on CPU.
+    """
+    _check_tensor("query", query, 2, (torch.float32,))
+    _check_tensor("items", items, 2, (torch.float32,))
+    if query.device.type != "cpu" or items.device.type != "cpu":
+        raise ValueError("topk_inner_product_bf16 runs on CPU; use topk_inner_product on CUDA")
+    if items_bf16 is None:
+        items_bf16 = items.bfloat16()
+    _check_tensor("items_bf16", items_bf16, 2, (torch.bfloat16,))
+    if items_bf16.shape != items.shape:
+        raise ValueError(f"items_bf16 must have the shape of items {tuple(items.shape)}, got "
+                         f"{tuple(items_bf16.shape)}")
+    if items.shape[1] != query.shape[1]:
+        raise ValueError(f"items have d = {items.shape[1]} but query has d = {query.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1 or k > items.shape[0]:
+        raise ValueError(f"k must lie in [1, N = {items.shape[0]}], got {k}")
+    if bias is not None:
+        _check_tensor("bias", bias, 1, _FLOAT_DTYPES)
+        if bias.shape[0] != items.shape[0]:
+            raise ValueError(f"bias must have N = {items.shape[0]} entries, got {bias.shape[0]}")
+    offsets = indices = None
+    if exclude is not None:
+        offsets, indices = exclusions_to_csr(exclude, query.shape[0], items.shape[0],
+                                             query.device)
+    return torch.ops.fastsoftmax.topk_inner_product_bf16_rescored(
+        query, items, items_bf16, k, bias, offsets, indices, sorted)
+
+
+@torch.library.register_fake("fastsoftmax::topk_inner_product_bf16_rescored")
+def _topk_bf16_fake(query, items, items_bf16, k, bias, exclude_offsets, exclude_indices, sorted):
+    torch._check(query.dtype == torch.float32 and items.dtype == torch.float32,
+                 lambda: "query and items must be float32")
+    return _topk_inner_product_fake(query, items, k, bias, exclude_offsets, exclude_indices,
+                                    sorted)
+
+
+torch.library.register_autograd("fastsoftmax::topk_inner_product_bf16_rescored", _topk_backward,
                                 setup_context=_topk_setup_context)

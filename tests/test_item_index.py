@@ -165,3 +165,23 @@ def test_index_to_device_round_trip():
     index, *_ = make_index()
     again = index.to("cpu")
     assert torch.equal(again.items, index.items) and torch.equal(again.ids, index.ids)
+
+
+def test_bf16_scan_index_is_exact_fp32_and_round_trips(tmp_path):
+    items = torch.randn(3000, 32)
+    ids = torch.arange(3000) * 3
+    index = ItemIndex(items, ids, torch.randn(3000), bf16_scan=True)
+    assert index.bf16_scan and index.dtype == torch.float32
+    q = torch.randn(6, 32)
+    scores, got = index.search(q, 25, exclude=[[0, 3]] * 6)
+    plain = ItemIndex(items, ids, index.bias)
+    ref_s, ref_ids = plain.search(q, 25, exclude=[[0, 3]] * 6)
+    torch.testing.assert_close(scores, ref_s, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, ref_ids)
+    path = tmp_path / "bf16.pt"
+    index.save(path)
+    loaded = ItemIndex.load(path)
+    assert loaded.bf16_scan
+    assert torch.equal(loaded.search(q, 25)[1], index.search(q, 25)[1])
+    with pytest.raises(ValueError, match="bf16_scan needs a float32 table"):
+        ItemIndex(items, dtype=torch.bfloat16, bf16_scan=True)

@@ -380,3 +380,47 @@ def test_cuda_integer_ties_exact():
 def test_cuda_device_mismatch():
     with pytest.raises(ValueError, match="items are on cpu"):
         topk_inner_product(torch.randn(2, 4).cuda(), torch.randn(10, 4), 3)
+
+
+# ------------------------------------------------------- bf16 scan with exact fp32 re-scoring
+
+
+@pytest.mark.parametrize("batch,num_items,dim,k", [
+    (8, 5000, 32, 10), (70, 9000, 64, 100), (3, 3000, 16, 1000), (300, 2500, 8, 5),
+    (2, 40, 4, 40)])
+def test_bf16_rescored_matches_reference(batch, num_items, dim, k, threads):
+    q, w = torch.randn(batch, dim), torch.randn(num_items, dim)
+    bias = torch.randn(num_items)
+    rows = [torch.randint(0, num_items, (7,)).tolist() for _ in range(batch)]
+    s, i = fastsoftmax.topk_inner_product_bf16(q, w, k, bias=bias, exclude=rows)
+    check_topk(s, i, q, w, k, bias=bias, exclude=rows)
+
+
+def test_bf16_rescored_integer_ties_exact():
+    q, w = int_data(9, 6000, 8)
+    s, i = fastsoftmax.topk_inner_product_bf16(q, w, 50)
+    check_topk(s, i, q, w, 50, exact=True)
+
+
+def test_bf16_rescored_falls_back_where_bf16_cannot_separate():
+    # Items differ below bf16 resolution: the certificate fails and the rows are recomputed by the
+    # exact fp32 scan; the answer is still the exact fp32 top-k.
+    base = torch.randn(1, 16)
+    w = base + 1e-4 * torch.randn(3000, 16)
+    q = torch.randn(4, 16)
+    s, i = fastsoftmax.topk_inner_product_bf16(q, w, 20)
+    s32, i32 = topk_inner_product(q, w, 20)
+    check_topk(s, i, q, w, 20)
+    torch.testing.assert_close(s, s32, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_rescored_arguments():
+    q, w = torch.randn(2, 4), torch.randn(10, 4)
+    with pytest.raises(TypeError, match="float32"):
+        fastsoftmax.topk_inner_product_bf16(q.double(), w.double(), 3)
+    with pytest.raises(ValueError, match="shape of items"):
+        fastsoftmax.topk_inner_product_bf16(q, w, 3, items_bf16=w[:5].bfloat16())
+    with pytest.raises(ValueError, match=r"k must lie in \[1, N = 10\]"):
+        fastsoftmax.topk_inner_product_bf16(q, w, 11)
+    torch.library.opcheck(torch.ops.fastsoftmax.topk_inner_product_bf16_rescored.default,
+                          (q, w, w.bfloat16(), 3, None, None, None, True))

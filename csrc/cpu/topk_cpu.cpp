@@ -14,7 +14,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <tuple>
@@ -182,6 +184,14 @@ int64_t filter_above(const double* s, const double* bias, int64_t n, double thr,
   return count;
 }
 
+// Orders {score, index} pairs by the tie rule (the float64 re-scoring of the bf16 path).
+struct CandBefore {
+  template <typename acc_t>
+  bool operator()(const Cand<acc_t>& a, const Cand<acc_t>& b) const {
+    return topk_before(a.score, a.index, b.score, b.index);
+  }
+};
+
 // Cuts buf to its k best entries (unordered) and returns the k-th best score.
 template <typename acc_t>
 acc_t keep_best(std::vector<typename KeyCodec<acc_t>::key_t>& buf, int64_t k) {
@@ -291,12 +301,16 @@ Plan make_plan(int64_t B, int64_t N, int64_t k, int64_t cand_bytes) {
   return p;
 }
 
-template <typename scalar_t, typename acc_t>
+// kLowpGemm: multiply the fp16/bf16 inputs as they are (oneDNN/MKL bf16 kernels: AVX512-BF16 or
+// AMX where the CPU has them) into a low-precision tile, then widen the tile; the scores are then
+// approximate (see topk_inner_product_bf16_rescored_cpu). Otherwise fp16/bf16 inputs are widened
+// to fp32 per tile and the fp32 matmul gives the exact fp32 sums of the exact products.
+template <typename scalar_t, typename acc_t, bool kLowpGemm = false>
 void topk_scan(const at::Tensor& query, const at::Tensor& items, const at::Tensor& bias,
                const at::Tensor& ex_offsets, const at::Tensor& ex_sorted, int64_t k, bool sorted,
                at::Tensor& out_scores, at::Tensor& out_indices) {
   const int64_t B = query.size(0), N = items.size(0), d = query.size(1);
-  constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
+  constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t> && !kLowpGemm;
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
   const auto acc_opts = query.options().dtype(acc);
   const Plan plan = make_plan(B, N, k, sizeof(acc_t) + sizeof(int64_t));
@@ -320,7 +334,8 @@ void topk_scan(const at::Tensor& query, const at::Tensor& items, const at::Tenso
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     const int64_t rb_rows = plan.rows_per_block;
     auto score_buf = at::empty({rb_rows * kColTile}, acc_opts);
-    at::Tensor item_buf, query_buf;
+    at::Tensor item_buf, query_buf, lowp_buf;
+    if (kLowpGemm) lowp_buf = at::empty({rb_rows * kColTile}, query.options());
     if (kWiden) {
       item_buf = at::empty({kColTile, d}, acc_opts);
       query_buf = at::empty({rb_rows, d}, acc_opts);
@@ -344,6 +359,10 @@ void topk_scan(const at::Tensor& query, const at::Tensor& items, const at::Tenso
         at::Tensor scores = score_buf.narrow(0, 0, rows * cols).view({rows, cols});
         if (d == 0) {
           scores.zero_();  // NB: an empty inner dimension: every inner product is 0
+        } else if (kLowpGemm) {
+          at::Tensor lowp = lowp_buf.narrow(0, 0, rows * cols).view({rows, cols});
+          at::mm_out(lowp, q_block, item_tile.t());
+          scores.copy_(lowp);
         } else {
           at::mm_out(scores, q_block, item_tile.t());
         }
@@ -435,10 +454,152 @@ std::tuple<at::Tensor, at::Tensor> topk_inner_product_cpu(
   return {out_scores, out_indices};
 }
 
+// The bf16 path for fp32 data: scan with bf16 products (about twice the fp32 matmul rate on
+// AVX512-BF16 / AMX CPUs), over-fetch k_over candidates per row, re-score them in float64 from
+// the fp32 inputs and keep the k best. Exact by certificate: with u = 2^-8 (bf16 rounding of
+// both inputs and of each output score) and fp32 accumulation, every approximate score is within
+//   delta_b = |q_b| * max_j |w_j| * (3u + u^2 + gamma_d)(1 + u)^2 + bias rounding
+// of the true score (Cauchy-Schwarz bounds sum_i |q_i w_i|). An item left out has an approximate
+// score <= t, the lowest over-fetched one, so a true score <= t + delta_b; when the k-th best
+// re-scored candidate is > t + delta_b, nothing left out can enter (ties included). Rows that fail
+// the test (or fetched every eligible item) are recomputed by the exact fp32 scan.
+// NB: assumes the bf16 matmul accumulates in fp32 and rounds once (oneDNN and MKL do).
+std::tuple<at::Tensor, at::Tensor> topk_inner_product_bf16_rescored_cpu(
+    const at::Tensor& query,       // [B, d] float32
+    const at::Tensor& items,       // [N, d] float32
+    const at::Tensor& items_bf16,  // [N, d] bfloat16: items rounded (cached by ItemIndex)
+    int64_t k, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& exclude_offsets,
+    const std::optional<at::Tensor>& exclude_indices, bool sorted) {
+  check_topk_args(query, items, k, bias, exclude_offsets, exclude_indices);
+  TORCH_CHECK(query.device().is_cpu(), "topk_inner_product_bf16_rescored: CPU only");
+  TORCH_CHECK(query.scalar_type() == at::kFloat,
+              "topk_inner_product_bf16_rescored: query and items must be float32, got ",
+              query.scalar_type());
+  TORCH_CHECK(items_bf16.scalar_type() == at::kBFloat16 && items_bf16.sizes() == items.sizes() &&
+                  items_bf16.device() == items.device(),
+              "topk_inner_product_bf16_rescored: items_bf16 must be a bfloat16 copy of items, "
+              "shape ", items.sizes(), ", got ", items_bf16.scalar_type(), " ",
+              items_bf16.sizes());
+  const int64_t B = query.size(0), N = items.size(0), d = query.size(1);
+  TORCH_CHECK(N <= int64_t(0xFFFFFFFE), "topk_inner_product_bf16_rescored: N must be < 2^32 - 1");
+  auto out_scores = at::empty({B, k}, query.options());
+  auto out_indices = at::empty({B, k}, query.options().dtype(at::kLong));
+  if (B == 0) return {out_scores, out_indices};
+
+  at::Tensor ex_offsets, ex_sorted;
+  if (exclude_offsets.has_value()) {
+    check_topk_exclusion_values(*exclude_offsets, *exclude_indices, N);
+    ex_offsets = exclude_offsets->contiguous();
+    ex_sorted = sorted_exclusions(ex_offsets, *exclude_indices);
+  }
+  at::Tensor bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+
+  const int64_t k_over = std::min(N, k + std::max<int64_t>(64, k / 2));
+  auto approx_s = at::empty({B, k_over}, query.options());
+  auto approx_i = at::empty({B, k_over}, query.options().dtype(at::kLong));
+  topk_scan<at::BFloat16, float, /*kLowpGemm=*/true>(query.to(at::kBFloat16), items_bf16, bias_f,
+                                                     ex_offsets, ex_sorted, k_over,
+                                                     /*sorted=*/false, approx_s, approx_i);
+
+  const auto q = query.contiguous();
+  const auto w = items.contiguous();
+  const double w_norm = w.to(at::kDouble).norm(2, 1).max().item<double>();
+  const double b_max = bias_f.defined() ? bias_f.abs().max().item<double>() : 0.0;
+  const double u = 1.0 / 256.0, gamma = d * std::ldexp(1.0, -24) / (1.0 - d * std::ldexp(1.0, -24));
+  const double rel = (3.0 * u + u * u + gamma) * (1.0 + u) * (1.0 + u);
+  const float* qp = q.const_data_ptr<float>();
+  const float* wp = w.const_data_ptr<float>();
+  const float* bp = bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr;
+  const float* sp = approx_s.const_data_ptr<float>();
+  const int64_t* ip = approx_i.const_data_ptr<int64_t>();
+  float* os = out_scores.data_ptr<float>();
+  int64_t* oi = out_indices.data_ptr<int64_t>();
+  std::vector<uint8_t> failed(B, 0);
+  at::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
+    std::vector<Cand<double>> cands;
+    for (int64_t b = begin; b < end; ++b) {
+      const float* qb = qp + b * d;
+      double q_norm = 0.0;
+      for (int64_t i = 0; i < d; ++i) q_norm += double(qb[i]) * qb[i];
+      q_norm = std::sqrt(q_norm);
+      const double mag = q_norm * w_norm;
+      // Bias is added to the fp32 approximate score: one more fp32 rounding.
+      const double delta =
+          1.01 * (mag * rel + std::ldexp(1.0, -23) * (mag * (1.0 + 4.0 * u) + b_max));
+      cands.clear();
+      float lowest = std::numeric_limits<float>::infinity();
+      int64_t fetched = 0;
+      for (int64_t t = 0; t < k_over; ++t) {
+        const int64_t j = ip[b * k_over + t];
+        if (j == kTopkPadIndex) continue;
+        ++fetched;
+        lowest = std::min(lowest, sp[b * k_over + t]);
+        const float* wj = wp + j * d;
+        double s = 0.0;
+        for (int64_t i = 0; i < d; ++i) s += double(qb[i]) * double(wj[i]);
+        if (bp != nullptr) s += bp[j];
+        if (!(s > -std::numeric_limits<double>::infinity())) continue;  // NaN, -inf
+        cands.push_back({s, j});
+      }
+      const int64_t m = static_cast<int64_t>(cands.size());
+      // Fewer than k_over fetched: every item with an eligible approximate score is here.
+      const bool fetched_all = fetched < k_over;
+      bool ok = std::isfinite(delta) && mag < 1e37;  // no overflow anywhere in the bf16 scan
+      const int64_t keep = std::min(k, m);
+      std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), CandBefore{});
+      if (!fetched_all) ok = ok && keep == k && cands[k - 1].score > double(lowest) + delta;
+      if (!ok) {
+        failed[b] = 1;
+        continue;
+      }
+      for (int64_t t = 0; t < keep; ++t) {
+        os[b * k + t] = static_cast<float>(cands[t].score);
+        oi[b * k + t] = cands[t].index;
+      }
+      for (int64_t t = keep; t < k; ++t) {
+        os[b * k + t] = neg_inf<float>();
+        oi[b * k + t] = kTopkPadIndex;
+      }
+    }
+  });
+  (void)sorted;  // NB: rows come out best first either way
+
+  // Rows without a certificate: the exact fp32 scan, on those rows only.
+  std::vector<int64_t> redo;
+  for (int64_t b = 0; b < B; ++b) {
+    if (failed[b]) redo.push_back(b);
+  }
+  if (!redo.empty()) {
+    const int64_t R = static_cast<int64_t>(redo.size());
+    auto rows = at::tensor(redo, query.options().dtype(at::kLong));
+    at::Tensor sub_off, sub_ex;
+    if (ex_offsets.defined()) {
+      std::vector<int64_t> off{0}, ex;
+      const int64_t* o = ex_offsets.const_data_ptr<int64_t>();
+      const int64_t* e = ex_sorted.const_data_ptr<int64_t>();
+      for (int64_t b : redo) {
+        ex.insert(ex.end(), e + o[b], e + o[b + 1]);
+        off.push_back(static_cast<int64_t>(ex.size()));
+      }
+      sub_off = at::tensor(off, rows.options());
+      sub_ex = at::tensor(ex, rows.options());
+    }
+    auto rs = at::empty({R, k}, query.options());
+    auto ri = at::empty({R, k}, rows.options());
+    topk_scan<float, float>(q.index_select(0, rows), w, bias_f, sub_off, sub_ex, k, true, rs, ri);
+    out_scores.index_copy_(0, rows, rs);
+    out_indices.index_copy_(0, rows, ri);
+  }
+  return {out_scores, out_indices};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fastsoftmax
 
 TORCH_LIBRARY_IMPL(fastsoftmax, CPU, m) {
   m.impl("topk_inner_product", &fastsoftmax::cpu::topk_inner_product_cpu);
+  m.impl("topk_inner_product_bf16_rescored",
+         &fastsoftmax::cpu::topk_inner_product_bf16_rescored_cpu);
 }
