@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <algorithm>
 
@@ -37,6 +40,9 @@ struct TileGrid {
     const int64_t outer = rows_outer ? row_blocks : col_tiles;
     const int64_t inner = rows_outer ? col_tiles : row_blocks;
     at::parallel_for(0, outer, 1, [&](int64_t begin, int64_t end) {
+      // NB: dispatch-key exclusions are thread-local and worker threads start without the
+      // caller's, so the tensor ops below would otherwise see autograd keys.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       const int tid = at::get_thread_num();
       for (int64_t o = begin; o < end; ++o) {
         for (int64_t i = 0; i < inner; ++i) {
@@ -64,7 +70,8 @@ ScoreTile score_tile(const DenseScan& scan, const at::Tensor& thread_buffer, int
   tile.query_block = scan.query.narrow(0, r0, r1 - r0).to(acc);
   tile.cand_block = scan.candidates.narrow(0, c0, c1 - c0).to(acc);
   tile.scores = thread_buffer.narrow(0, 0, (r1 - r0) * (c1 - c0)).view({r1 - r0, c1 - c0});
-  at::mm_out(tile.scores, tile.query_block, tile.cand_block.t());
+  // at::cpu:: calls the CPU kernel directly: no dispatcher round trip per tile.
+  at::cpu::mm_out(tile.scores, tile.query_block, tile.cand_block.t());
   return tile;
 }
 
@@ -192,8 +199,8 @@ void dense_scan_backward(const DenseScan& scan, const at::Tensor& lse, const at:
                                       : query_partial[tid].narrow(0, r0, rows);
       at::Tensor gc = grid.rows_outer ? cand_partial[tid].narrow(0, c0, cols)
                                       : grad_candidates.narrow(0, c0, cols);
-      gq.addmm_(G, tile.cand_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
-      gc.addmm_(G.t(), tile.query_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
+      at::cpu::addmm_(gq, G, tile.cand_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
+      at::cpu::addmm_(gc, G.t(), tile.query_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
       if (with_offset_grad) {
         at::Tensor go = grid.rows_outer ? offset_partial[tid].narrow(0, c0, cols)
                                         : grad_offset.narrow(0, c0, cols);
