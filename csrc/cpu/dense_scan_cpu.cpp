@@ -87,7 +87,7 @@ void mask_row(const DenseScan& scan, acc_t* row, int64_t r, int64_t c0, int64_t 
   const int64_t* ids = scan.candidate_ids.const_data_ptr<int64_t>() + c0;
   for (int64_t t = 0; t < T; ++t) {
     if (hits[t] < 0) continue;  // padding
-    mask_ids(row, cols, ids, hits + t, 1, neg_inf<acc_t>());
+    mask_ids(row, cols, ids, hits[t], neg_inf<acc_t>());
   }
 }
 
