@@ -1,9 +1,7 @@
-// The op schemas of fastsoftmax (kernels live in cpu/ and cuda/, registered per dispatch key)
-// and the pybind11 module, which carries build-information helpers only, never the ops.
-#include <torch/extension.h>
+// The op schemas of fastsoftmax. Kernels live in cpu/ and cuda/ and register per dispatch key;
+// the pybind11 module (python_module.cpp) carries build-information helpers only, never ops.
+// This file has no Python dependency, so the CMake build links it into a plain libtorch library.
 #include <torch/library.h>
-
-#include <string>
 
 TORCH_LIBRARY(fastsoftmax, m) {
   // Per-row sampled softmax cross-entropy (DESIGN.md §4). positives [B, T, d], weights [B, T]
@@ -28,42 +26,4 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "full_softmax_ce_backward(Tensor grad_loss, Tensor query, Tensor weight, Tensor? bias, "
       "Tensor targets, Tensor target_weights, Tensor lse, float temperature) "
       "-> (Tensor, Tensor, Tensor)");
-}
-
-namespace {
-
-bool built_with_cuda() {
-#ifdef FASTSOFTMAX_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
-std::string cuda_archs() {
-#ifdef FASTSOFTMAX_CUDA_ARCHS
-  return FASTSOFTMAX_CUDA_ARCHS;
-#else
-  return "";
-#endif
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastsoftmax native extension: build information (the ops live in torch.ops.fastsoftmax)";
-  m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled and linked.");
-  m.def("cuda_archs", &cuda_archs, "TORCH_CUDA_ARCH_LIST the CUDA kernels were built for ('' if none).");
-  m.def("build_info", [] {
-    pybind11::dict info;
-    info["cuda"] = built_with_cuda();
-    info["cuda_archs"] = cuda_archs();
-    info["torch"] = std::string(TORCH_VERSION);
-#ifdef _OPENMP
-    info["openmp"] = true;
-#else
-    info["openmp"] = false;
-#endif
-    return info;
-  }, "How the extension was built: {'cuda', 'cuda_archs', 'torch', 'openmp'}.");
 }
