@@ -17,6 +17,14 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "Tensor candidates, Tensor? positive_ids, Tensor? candidate_ids, Tensor positive_weights, "
       "Tensor? positive_log_q, Tensor? candidate_log_q, Tensor? candidate_index, Tensor lse, "
       "float temperature, bool remove_accidental_hits) -> (Tensor, Tensor, Tensor)");
+  // Forward and backward of sum_b row_coef[b] * loss_b together (reduced losses in training):
+  // returns (loss [], grad_query, grad_positives, grad_candidates).
+  m.def(
+      "sampled_softmax_ce_fused(Tensor query, Tensor positives, Tensor candidates, "
+      "Tensor? positive_ids, Tensor? candidate_ids, Tensor positive_weights, "
+      "Tensor? positive_log_q, Tensor? candidate_log_q, Tensor? candidate_index, "
+      "Tensor row_coef, float temperature, bool remove_accidental_hits) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Full softmax over every row of weight [N, d]; targets [B, T] with -1 padding.
   // The backward returns an empty grad_bias when bias is None.
   m.def(
