@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile baselines (they take minutes to compile)")
     parser.add_argument("--csv", default=os.path.join("benchmarks", "out", "results.csv"))
+    parser.add_argument("--markdown", default=None,
+                        help="also write the table and target verdicts to this Markdown file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,11 +54,14 @@ def main(argv=None) -> int:
         r, v = softmax_cases.run(args.quick, args.repeats, compile_baseline=not args.no_compile)
         rows += r
         verdicts += v
-    print()
-    print(format_table(rows))
+    report = f"{machine_description()}\n\n{format_table(rows)}\n"
     if verdicts:
-        print("\nTargets:")
-        print("\n".join(verdicts))
+        report += "\nTargets:\n" + "\n".join(verdicts) + "\n"
+    print()
+    print(report)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report)
     write_csv(rows, args.csv)
     print(f"\nCSV: {args.csv}")
     return 0
