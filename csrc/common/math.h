@@ -62,8 +62,10 @@ FS_HOST_DEVICE float fast_expf(float x) {
   const bool underflow = x < lo;  // NaN compares false and propagates below
   x = x > hi ? hi : x;
   x = x < lo ? lo : x;
-  // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2.
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  // exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2. The rounding adds and removes
+  // 1.5 * 2^23 instead of calling floor(), which keeps the loop free of calls so it vectorises.
+  const float shifter = 12582912.0f;
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -72,13 +74,12 @@ FS_HOST_DEVICE float fast_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // Scale by 2^n through the exponent bits; n in [-126, 128).
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
+  // Scale by 2^n through the exponent bits; n in [-126, 127].
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
 #if defined(__CUDA_ARCH__)
-  scale = __int_as_float(bits);
+  const float scale = __int_as_float(bits);
 #else
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  const float scale = __builtin_bit_cast(float, bits);
 #endif
   const float y = p * scale;
   return underflow ? 0.0f : y;

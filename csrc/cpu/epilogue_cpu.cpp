@@ -16,21 +16,27 @@ namespace cpu {
 
 FS_VECTOR_CLONES
 float scale_shift_max(float* s, int64_t n, float inv_tau, const float* offset) {
-  float m = neg_inf<float>();
   if (offset != nullptr) {
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = s[j] * inv_tau + offset[j];
-      m = std::max(m, s[j]);
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] = s[j] * inv_tau + offset[j];
   } else {
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = s[j] * inv_tau;
-      m = std::max(m, s[j]);
-    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] = s[j] * inv_tau;
   }
+  float m = neg_inf<float>();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
   return m;
+}
+
+FS_VECTOR_CLONES
+void mask_ids(float* s, int64_t n, const int64_t* ids, int64_t hit, float value) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) s[j] = ids[j] == hit ? value : s[j];
+}
+
+void mask_ids(double* s, int64_t n, const int64_t* ids, int64_t hit, double value) {
+  for (int64_t j = 0; j < n; ++j) s[j] = ids[j] == hit ? value : s[j];
 }
 
 double scale_shift_max(double* s, int64_t n, double inv_tau, const double* offset) {

@@ -25,21 +25,9 @@ void softmax_grad_inplace(float* s, int64_t n, float inv_tau, const float* offse
 void softmax_grad_inplace(double* s, int64_t n, double inv_tau, const double* offset, double lse,
                           double coef);
 
-// Sets s[j] = value wherever ids[j] equals one of hits[0..num_hits). Returns how many matched.
-template <typename acc_t>
-inline int64_t mask_ids(acc_t* s, int64_t n, const int64_t* ids, const int64_t* hits,
-                        int64_t num_hits, acc_t value) {
-  int64_t count = 0;
-  for (int64_t t = 0; t < num_hits; ++t) {
-    const int64_t h = hits[t];
-    for (int64_t j = 0; j < n; ++j) {
-      const bool hit = ids[j] == h;
-      s[j] = hit ? value : s[j];
-      count += hit;
-    }
-  }
-  return count;
-}
+// Sets s[j] = value wherever ids[j] == hit.
+void mask_ids(float* s, int64_t n, const int64_t* ids, int64_t hit, float value);
+void mask_ids(double* s, int64_t n, const int64_t* ids, int64_t hit, double value);
 
 }  // namespace cpu
 }  // namespace fastsoftmax
