@@ -39,7 +39,7 @@ class ItemIndex:
         dtype: storage dtype of the table (float32, bfloat16, float16 or float64); default: the
             dtype of ``items``. Queries are cast to it; scores accumulate in float32 (float64 for
             a float64 table).
-        bf16_scan: float32 tables on CPU only: also keep a bfloat16 copy and search with
+        bf16_scan: float32 tables: also keep a bfloat16 copy and search with
             ``topk_inner_product_bf16`` (bfloat16 scan, float64 re-scoring of an over-fetched,
             certified candidate set: the exact float32 top-k, faster where the CPU multiplies
             bfloat16 natively). Costs N x d x 2 more bytes.
@@ -83,9 +83,8 @@ class ItemIndex:
             self._sorted_ids, self._id_rows = sorted_ids, rows
         self._scan_table = None
         if bf16_scan:
-            if self._items.dtype != torch.float32 or self._items.device.type != "cpu":
-                raise ValueError("bf16_scan needs a float32 table on CPU, got "
-                                 f"{self._items.dtype} on {self._items.device}")
+            if self._items.dtype != torch.float32:
+                raise ValueError(f"bf16_scan needs a float32 table, got {self._items.dtype}")
             self._scan_table = self._items.bfloat16()
         self._bias = None
         if bias is not None:
@@ -147,7 +146,7 @@ class ItemIndex:
         return ItemIndex(self._items.to(device),
                          None if self._ids is None else self._ids.to(device),
                          None if self._bias is None else self._bias.to(device),
-                         bf16_scan=self.bf16_scan and torch.device(device).type == "cpu")
+                         bf16_scan=self.bf16_scan)
 
     # --------------------------------------------------------------------------------- search
 

@@ -227,7 +227,7 @@ def topk_inner_product_bf16(query: torch.Tensor, items: torch.Tensor, k: int, *,
                             bias: Optional[torch.Tensor] = None,
                             exclude: Optional[Exclusions] = None,
                             sorted: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``topk_inner_product`` for float32 inputs, computed with a bfloat16 scan (CPU only).
+    """``topk_inner_product`` for float32 inputs, computed with a bfloat16 scan on CPU.
 
     The scan multiplies bfloat16 copies of query and items (AVX512-BF16 / AMX through oneDNN where
     the CPU has them), over-fetches ``k + max(64, k // 2)`` candidates per row, re-scores them in
@@ -239,12 +239,15 @@ def topk_inner_product_bf16(query: torch.Tensor, items: torch.Tensor, k: int, *,
     Args:
         items_bf16: ``items.bfloat16()``, cached by the caller (``ItemIndex(..., bf16_scan=True)``
             does); computed per call when None.
-        Other arguments as in ``topk_inner_product``; query and items must be float32 on CPU.
+        Other arguments as in ``topk_inner_product``; query and items must be float32.
+
+    On CUDA this runs the float32 path of ``topk_inner_product`` (cuBLAS float32 is the fast path
+    there); ``items_bf16`` is only checked.
     """
     _check_tensor("query", query, 2, (torch.float32,))
     _check_tensor("items", items, 2, (torch.float32,))
-    if query.device.type != "cpu" or items.device.type != "cpu":
-        raise ValueError("topk_inner_product_bf16 runs on CPU; use topk_inner_product on CUDA")
+    if items.device != query.device:
+        raise ValueError(f"items are on {items.device} but query is on {query.device}")
     if items_bf16 is None:
         items_bf16 = items.bfloat16()
     _check_tensor("items_bf16", items_bf16, 2, (torch.bfloat16,))

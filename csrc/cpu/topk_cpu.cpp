@@ -504,7 +504,24 @@ std::tuple<at::Tensor, at::Tensor> topk_inner_product_bf16_rescored_cpu(
 
   const auto q = query.contiguous();
   const auto w = items.contiguous();
-  const double w_norm = w.to(at::kDouble).norm(2, 1).max().item<double>();
+  // max_j |w_j| in double, without a float64 copy of the table.
+  double w_norm = 0.0;
+  {
+    const float* wp0 = w.const_data_ptr<float>();
+    std::vector<double> part(at::get_num_threads(), 0.0);
+    at::parallel_for(0, N, 4096, [&](int64_t begin, int64_t end) {
+      double best = 0.0;
+      for (int64_t j = begin; j < end; ++j) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; ++i) acc += double(wp0[j * d + i]) * wp0[j * d + i];
+        best = std::max(best, acc);
+      }
+      double& slot = part[at::get_thread_num()];
+      slot = std::max(slot, best);
+    });
+    for (double v : part) w_norm = std::max(w_norm, v);
+    w_norm = std::sqrt(w_norm);
+  }
   const double b_max = bias_f.defined() ? bias_f.abs().max().item<double>() : 0.0;
   const double u = 1.0 / 256.0, gamma = d * std::ldexp(1.0, -24) / (1.0 - d * std::ldexp(1.0, -24));
   const double rel = (3.0 * u + u * u + gamma) * (1.0 + u) * (1.0 + u);

@@ -179,10 +179,29 @@ std::tuple<at::Tensor, at::Tensor> topk_inner_product_cuda(
   return {out_scores, out_indices};
 }
 
+// The bf16-scan op's contract is the exact fp32 top-k. On CUDA the fp32 cuBLAS scan above is
+// already the fast path, and it meets that contract directly, so items_bf16 is only checked.
+std::tuple<at::Tensor, at::Tensor> topk_inner_product_bf16_rescored_cuda(
+    const at::Tensor& query, const at::Tensor& items, const at::Tensor& items_bf16, int64_t k,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& exclude_offsets,
+    const std::optional<at::Tensor>& exclude_indices, bool sorted) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat,
+              "topk_inner_product_bf16_rescored: query and items must be float32, got ",
+              query.scalar_type());
+  TORCH_CHECK(items_bf16.scalar_type() == at::kBFloat16 && items_bf16.sizes() == items.sizes() &&
+                  items_bf16.device() == items.device(),
+              "topk_inner_product_bf16_rescored: items_bf16 must be a bfloat16 copy of items, "
+              "shape ", items.sizes(), ", got ", items_bf16.scalar_type(), " ",
+              items_bf16.sizes());
+  return topk_inner_product_cuda(query, items, k, bias, exclude_offsets, exclude_indices, sorted);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace fastsoftmax
 
 TORCH_LIBRARY_IMPL(fastsoftmax, CUDA, m) {
   m.impl("topk_inner_product", &fastsoftmax::cuda::topk_inner_product_cuda);
+  m.impl("topk_inner_product_bf16_rescored",
+         &fastsoftmax::cuda::topk_inner_product_bf16_rescored_cuda);
 }
