@@ -1,9 +1,7 @@
-// The op schemas of fastsoftmax (kernels live in cpu/ and cuda/, registered per dispatch key)
-// and the pybind11 module, which carries build-information helpers only, never the ops.
-#include <torch/extension.h>
+// The op schemas of fastsoftmax. Kernels live in cpu/ and cuda/ and register per dispatch key;
+// the pybind11 module (python_module.cpp) carries build-information helpers only, never ops.
+// This file has no Python dependency, so the CMake build links it into a plain libtorch library.
 #include <torch/library.h>
-
-#include <string>
 
 TORCH_LIBRARY(fastsoftmax, m) {
   // Per-row sampled softmax cross-entropy (DESIGN.md §4). positives [B, T, d], weights [B, T]
@@ -19,6 +17,14 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "Tensor candidates, Tensor? positive_ids, Tensor? candidate_ids, Tensor positive_weights, "
       "Tensor? positive_log_q, Tensor? candidate_log_q, Tensor? candidate_index, Tensor lse, "
       "float temperature, bool remove_accidental_hits) -> (Tensor, Tensor, Tensor)");
+  // Forward and backward of sum_b row_coef[b] * loss_b together (reduced losses in training):
+  // returns (loss [], grad_query, grad_positives, grad_candidates).
+  m.def(
+      "sampled_softmax_ce_fused(Tensor query, Tensor positives, Tensor candidates, "
+      "Tensor? positive_ids, Tensor? candidate_ids, Tensor positive_weights, "
+      "Tensor? positive_log_q, Tensor? candidate_log_q, Tensor? candidate_index, "
+      "Tensor row_coef, float temperature, bool remove_accidental_hits) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Full softmax over every row of weight [N, d]; targets [B, T] with -1 padding.
   // The backward returns an empty grad_bias when bias is None.
   m.def(
@@ -38,42 +44,4 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "mine_hard_negatives(Tensor query, Tensor pool, Tensor? pool_ids, Tensor? exclude_ids, "
       "Tensor? pool_log_q, int num, str mode, float temperature, int seed, int offset) "
       "-> (Tensor, Tensor)");
-}
-
-namespace {
-
-bool built_with_cuda() {
-#ifdef FASTSOFTMAX_WITH_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
-std::string cuda_archs() {
-#ifdef FASTSOFTMAX_CUDA_ARCHS
-  return FASTSOFTMAX_CUDA_ARCHS;
-#else
-  return "";
-#endif
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastsoftmax native extension: build information (the ops live in torch.ops.fastsoftmax)";
-  m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled and linked.");
-  m.def("cuda_archs", &cuda_archs, "TORCH_CUDA_ARCH_LIST the CUDA kernels were built for ('' if none).");
-  m.def("build_info", [] {
-    pybind11::dict info;
-    info["cuda"] = built_with_cuda();
-    info["cuda_archs"] = cuda_archs();
-    info["torch"] = std::string(TORCH_VERSION);
-#ifdef _OPENMP
-    info["openmp"] = true;
-#else
-    info["openmp"] = false;
-#endif
-    return info;
-  }, "How the extension was built: {'cuda', 'cuda_archs', 'torch', 'openmp'}.");
 }

@@ -42,25 +42,32 @@ def _default_weights(valid: Optional[Tensor], batch: int, width: int, like: Tens
     return valid / valid.sum(1, keepdim=True).clamp_min(1.0)
 
 
-def _reduce(per_row: Tensor, row_weight_total: Tensor, sample_weights: Optional[Tensor],
-            reduction: str) -> Tensor:
-    """Applies sample weights and the reduction to per-row losses [B].
+def _row_coefficients(row_weight_total: Tensor, sample_weights: Optional[Tensor],
+                      reduction: str) -> Tensor:
+    """Per-row factors c_b such that the reduced loss is sum_b c_b * loss_b.
 
     ``mean`` divides by the (sample-weighted) number of rows that have at least one positive,
     like ``F.cross_entropy`` with ``ignore_index``; a batch without any such row gives 0.
     """
-    if sample_weights is not None:
-        per_row = per_row * sample_weights.to(per_row.dtype)
-    if reduction == "none":
-        return per_row
-    total = per_row.sum()
+    dtype = row_weight_total.dtype
+    coef = (torch.ones_like(row_weight_total) if sample_weights is None
+            else sample_weights.to(dtype))
     if reduction == "sum":
-        return total
-    has_positive = (row_weight_total > 0).to(per_row.dtype)
-    if sample_weights is not None:
-        has_positive = has_positive * sample_weights.to(per_row.dtype)
-    count = has_positive.sum()
-    return torch.where(count > 0, total / count.clamp_min(torch.finfo(count.dtype).tiny), total)
+        return coef
+    count = (coef * (row_weight_total > 0).to(dtype)).sum()
+    return coef / count.clamp_min(torch.finfo(dtype).tiny)
+
+
+def _reduce(per_row: Tensor, row_weight_total: Tensor, sample_weights: Optional[Tensor],
+            reduction: str) -> Tensor:
+    """Applies sample weights and the reduction to per-row losses [B]."""
+    if reduction == "none":
+        return per_row if sample_weights is None else per_row * sample_weights.to(per_row.dtype)
+    return (per_row * _row_coefficients(row_weight_total, sample_weights, reduction)).sum()
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check_sample_weights(sample_weights: Optional[Tensor], batch: int, device) -> None:
@@ -180,10 +187,16 @@ def sampled_softmax_cross_entropy(
         else:
             check_shape("candidate_log_q", candidate_log_q, tuple(candidate_index.shape))
 
-    per_row, _ = torch.ops.fastsoftmax.sampled_softmax_ce(
-        query, positives3, candidates, positive_ids, candidate_ids, positive_weights,
-        positive_log_q, candidate_log_q, candidate_index, temperature,
-        bool(remove_accidental_hits))
+    args = (query, positives3, candidates, positive_ids, candidate_ids, positive_weights,
+            positive_log_q, candidate_log_q, candidate_index)
+    if reduction != "none" and _needs_grad(query, positives, candidates):
+        # Training step of a reduced loss: forward and backward in one fused pass.
+        row_coef = _row_coefficients(positive_weights.sum(1), sample_weights, reduction)
+        loss, *_ = torch.ops.fastsoftmax.sampled_softmax_ce_fused(
+            *args, row_coef, temperature, bool(remove_accidental_hits))
+        return loss
+    per_row, _ = torch.ops.fastsoftmax.sampled_softmax_ce(*args, temperature,
+                                                          bool(remove_accidental_hits))
     return _reduce(per_row, positive_weights.sum(1), sample_weights, reduction)
 
 

@@ -67,6 +67,31 @@ def _sampled_backward(ctx, grad_loss, _grad_lse):
 torch.library.register_autograd("fastsoftmax::sampled_softmax_ce", _sampled_backward,
                                 setup_context=_sampled_setup_context)
 
+@torch.library.register_fake("fastsoftmax::sampled_softmax_ce_fused")
+def _sampled_softmax_ce_fused_fake(query, positives, candidates, positive_ids, candidate_ids,
+                                   positive_weights, positive_log_q, candidate_log_q,
+                                   candidate_index, row_coef, temperature, remove_accidental_hits):
+    torch._check(row_coef.dim() == 1 and row_coef.shape[0] == query.shape[0],
+                 lambda: "row_coef must be [B]")
+    loss = query.new_empty((), dtype=acc_dtype(query.dtype))
+    return loss, torch.empty_like(query), torch.empty_like(positives), torch.empty_like(candidates)
+
+
+def _fused_setup_context(ctx, inputs, output):
+    _, grad_query, grad_positives, grad_candidates = output
+    ctx.mark_non_differentiable(grad_query, grad_positives, grad_candidates)
+    ctx.save_for_backward(grad_query, grad_positives, grad_candidates)
+
+
+def _fused_backward(ctx, grad_loss, *_unused):
+    # The op already holds d loss / d inputs; the chain rule only scales them.
+    grads = tuple((grad_loss * g).to(g.dtype) for g in ctx.saved_tensors)
+    return grads + (None,) * 9
+
+
+torch.library.register_autograd("fastsoftmax::sampled_softmax_ce_fused", _fused_backward,
+                                setup_context=_fused_setup_context)
+
 # -------------------------------------------------------------------------------- full softmax
 
 

@@ -24,3 +24,8 @@ def assert_close_to_reference(actual, expected, dtype, lowp_reference=None):
     if lowp_reference is not None and lowp_reference.numel():
         bound = max(bound, 2 * (lowp_reference.double() - expected).abs().max().item())
     assert err <= bound, f"max error {err:.3g} > bound {bound:.3g} ({dtype})"
+
+
+def pytest_report_header(config):
+    import fastsoftmax
+    return f"fastsoftmax {fastsoftmax.__file__} build {fastsoftmax.build_info()}"

@@ -362,3 +362,53 @@ def test_native_op_rejects_out_of_range_index_directly():
 
 def test_tolerance_table_is_consistent():
     assert set(ATOL) == set(RTOL)
+
+
+# ------------------------------------------------------------- fused forward + backward path
+
+
+def test_reduced_losses_take_the_fused_path_and_match_reference():
+    # reduction mean/sum with inputs that need gradients runs sampled_softmax_ce_fused.
+    kw = make_problem(B=300, T=2, C=700, d=16, log_q=True, pad=True, weights=True)
+    kw["sample_weights"] = torch.rand(300, dtype=torch.float64)
+    for reduction in ("mean", "sum"):
+        check(kw, reduction=reduction, temperature=0.6)
+
+
+def test_fused_path_falls_back_for_very_wide_candidate_sets():
+    # float64 panel rows x C must fit 32 MiB with >= 32 rows: C = 140k does not.
+    kw = make_problem(B=3, T=1, C=140_000, d=4, num_items=10**6, log_q=True)
+    check(kw, reduction="sum")
+
+
+def test_gradcheck_fused():
+    for H in (None, 3):
+        kw = make_problem(B=3, T=2, C=5, d=4, H=H, log_q=True, pad=True)
+        args = {k: v for k, v in kw.items() if k not in DIFF_ARGS}
+        sw = torch.rand(3, dtype=torch.float64)
+
+        def fn(q, p, c):
+            return fastsoftmax.sampled_softmax_cross_entropy(q, p, c, **args, temperature=0.7,
+                                                             sample_weights=sw)
+
+        inputs = tuple(kw[k].clone().requires_grad_(True) for k in DIFF_ARGS)
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("H", [None, 4])
+def test_opcheck_fused(H):
+    kw = make_problem(B=4, T=2, C=6, d=5, H=H, log_q=True)
+    args = list(_op_args(kw))
+    for i in range(3):
+        args[i] = args[i].clone().requires_grad_(True)
+    row_coef = torch.rand(4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fastsoftmax.sampled_softmax_ce_fused.default,
+                          tuple(args[:9]) + (row_coef,) + tuple(args[9:]))
+
+
+def test_no_grad_and_eval_use_the_forward_only_op():
+    kw = make_problem(B=5)
+    with torch.no_grad():
+        loss = fastsoftmax.sampled_softmax_cross_entropy(**kw)
+    ref = sampled_softmax_cross_entropy_reference(**kw)
+    torch.testing.assert_close(loss, ref)

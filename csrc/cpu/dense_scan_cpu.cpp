@@ -21,6 +21,10 @@ namespace {
 // d = 128) is long enough that per-tile dispatch overhead stays in the low percent.
 constexpr int64_t kRowBlock = 256;
 constexpr int64_t kColTile = 512;
+// The fused forward-backward keeps a panel of rows x C scores between its two passes: at most
+// this many bytes, and at least kMinPanelRows rows (fewer make the matmuls inefficient).
+constexpr int64_t kPanelBytes = 32 << 20;
+constexpr int64_t kMinPanelRows = 32;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -215,6 +219,106 @@ void dense_scan_backward(const DenseScan& scan, const at::Tensor& lse, const at:
   } else {
     grad_query.add_(query_partial.sum(0));
   }
+}
+
+at::Tensor dense_scan_fused(const DenseScan& scan, const at::Tensor& extra_lse,
+                            const at::Tensor& coef, at::Tensor& grad_query,
+                            at::Tensor& grad_candidates) {
+  const int64_t B = scan.query.size(0), C = scan.candidates.size(0), d = scan.query.size(1);
+  const auto acc = acc_dtype(scan.query);
+  auto opts = scan.query.options().dtype(acc);
+  // Rows per panel: as many as fit the budget, at most one row block; too wide a C for even
+  // kMinPanelRows rows falls back to the two-pass scan (same results, four matmuls).
+  const int64_t elem = acc == at::kDouble ? 8 : 4;
+  const int64_t panel_rows = std::min<int64_t>(kRowBlock, kPanelBytes / std::max<int64_t>(C * elem, 1));
+  if (B == 0 || C == 0 || d == 0 || panel_rows < kMinPanelRows) {
+    at::Tensor lse = dense_scan_logsumexp(scan);
+    lse = at::logaddexp(lse, extra_lse);
+    at::Tensor no_offset_grad;
+    dense_scan_backward(scan, lse, coef, grad_query, grad_candidates, no_offset_grad);
+    return lse;
+  }
+
+  const int nthreads = at::get_num_threads();
+  const int64_t col_tiles = ceil_div(C, kColTile);
+  auto panel = at::empty({panel_rows, C}, opts);
+  auto tile_max = at::empty({panel_rows, col_tiles}, opts);
+  auto tile_sum = at::empty({panel_rows, col_tiles}, opts);
+  auto query_partial = at::zeros({nthreads, panel_rows, d}, opts);
+  auto lse = at::empty({B}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "dense_scan_fused", [&] {
+    using acc_t = scalar_t;
+    const acc_t* offset =
+        scan.offset.defined() ? scan.offset.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* extra = extra_lse.const_data_ptr<acc_t>();
+    const acc_t* coef_p = coef.const_data_ptr<acc_t>();
+    const auto inv_tau = static_cast<acc_t>(scan.inv_tau);
+    acc_t* lse_p = lse.data_ptr<acc_t>();
+    acc_t* panel_p = panel.data_ptr<acc_t>();
+    acc_t* tmax = tile_max.data_ptr<acc_t>();
+    acc_t* tsum = tile_sum.data_ptr<acc_t>();
+
+    for (int64_t r0 = 0; r0 < B; r0 += panel_rows) {
+      const int64_t rows = std::min(panel_rows, B - r0);
+      const at::Tensor query_block = scan.query.narrow(0, r0, rows).to(acc);
+      // Pass 1: scores of the panel, tile by tile, and each tile's (max, sum exp) per row.
+      at::parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        for (int64_t ct = t0; ct < t1; ++ct) {
+          const int64_t c0 = ct * kColTile, cols = std::min(kColTile, C - c0);
+          at::Tensor scores = panel.narrow(0, 0, rows).narrow(1, c0, cols);
+          at::cpu::mm_out(scores, query_block,
+                          scan.candidates.narrow(0, c0, cols).to(acc).t());
+          for (int64_t i = 0; i < rows; ++i) {
+            acc_t* row = panel_p + i * C + c0;
+            mask_row(scan, row, r0 + i, c0, cols);
+            const acc_t m = scale_shift_max(row, cols, inv_tau, offset ? offset + c0 : nullptr);
+            tmax[i * col_tiles + ct] = m;
+            tsum[i * col_tiles + ct] = m == neg_inf<acc_t>() ? acc_t(0)
+                                                             : sum_exp_shifted(row, cols, m);
+          }
+        }
+      });
+      for (int64_t i = 0; i < rows; ++i) {
+        OnlineLSE<acc_t> state;
+        state.merge(extra[r0 + i], acc_t(1));
+        for (int64_t ct = 0; ct < col_tiles; ++ct) {
+          state.merge(tmax[i * col_tiles + ct], tsum[i * col_tiles + ct]);
+        }
+        lse_p[r0 + i] = state.value();
+      }
+      // Pass 2: the panel becomes d loss / d score, then the two gradient matmuls per tile.
+      // Candidate rows of a tile belong to one thread; query rows are shared, so partial.
+      at::parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        const int tid = at::get_thread_num();
+        for (int64_t ct = t0; ct < t1; ++ct) {
+          const int64_t c0 = ct * kColTile, cols = std::min(kColTile, C - c0);
+          for (int64_t i = 0; i < rows; ++i) {
+            acc_t* row = panel_p + i * C + c0;
+            const int64_t r = r0 + i;
+            if (coef_p[r] == acc_t(0) || lse_p[r] == neg_inf<acc_t>()) {
+              std::fill(row, row + cols, acc_t(0));
+            } else {
+              // Scores are already scaled and shifted: inv_tau = 1, no offset.
+              softmax_grad_inplace(row, cols, acc_t(1), static_cast<const acc_t*>(nullptr),
+                                   lse_p[r], coef_p[r]);
+            }
+          }
+          const at::Tensor G = panel.narrow(0, 0, rows).narrow(1, c0, cols);
+          const at::Tensor cand_block = scan.candidates.narrow(0, c0, cols).to(acc);
+          at::Tensor gq = query_partial[tid].narrow(0, 0, rows);
+          at::Tensor gc = grad_candidates.narrow(0, c0, cols);
+          at::cpu::addmm_(gq, G, cand_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
+          at::cpu::addmm_(gc, G.t(), query_block, /*beta=*/1, /*alpha=*/scan.inv_tau);
+        }
+      });
+      grad_query.narrow(0, r0, rows).add_(query_partial.narrow(1, 0, rows).sum(0));
+      query_partial.zero_();
+    }
+  });
+  return lse;
 }
 
 }  // namespace cpu

@@ -38,5 +38,15 @@ void dense_scan_backward(const DenseScan& scan, const at::Tensor& lse, const at:
                          at::Tensor& grad_query, at::Tensor& grad_candidates,
                          at::Tensor& grad_offset);
 
+// Forward and backward together, for callers that know each row's coefficient at forward time
+// (a reduced loss): computes lse_b = logaddexp(extra_lse[b], logsumexp of the row's unmasked
+// scores) and accumulates the gradients of sum_b coef[b] * lse_b into grad_query [B, d] and
+// grad_candidates [C, d] (acc dtype), with three matmuls per tile instead of the four of a
+// separate forward and backward: a panel of rows x C scores is kept between the two passes.
+// extra_lse [B] acc (-inf for none). Returns lse [B].
+at::Tensor dense_scan_fused(const DenseScan& scan, const at::Tensor& extra_lse,
+                            const at::Tensor& coef, at::Tensor& grad_query,
+                            at::Tensor& grad_candidates);
+
 }  // namespace cpu
 }  // namespace fastsoftmax

@@ -240,6 +240,48 @@ void indexed_backward(const SampledArgs& a, const Tensor& lse, const Tensor& coe
   });
 }
 
+// Gradients through the positives' own scores: d loss / d s+_bt = g_b (W_b softmax(s+)_bt - w_bt)
+// with W_b = sum_t w_bt. Adds into grad_query [B, d] and grad_positives [B, T, d] (acc).
+void accumulate_positive_grads(const SampledArgs& a, const Tensor& valid_w, const Tensor& total_w,
+                               const Tensor& g, const Tensor& lse_acc, Tensor& grad_q,
+                               Tensor& grad_e) {
+  const Tensor s_pos = positive_scores(a);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.query.scalar_type(),
+                                  "sampled_softmax_ce_positive_grads", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* q = a.query.const_data_ptr<scalar_t>();
+    const scalar_t* e = a.positives.const_data_ptr<scalar_t>();
+    const acc_t* s = s_pos.const_data_ptr<acc_t>();
+    const acc_t* w = valid_w.const_data_ptr<acc_t>();
+    const acc_t* W = total_w.const_data_ptr<acc_t>();
+    const acc_t* gl = g.const_data_ptr<acc_t>();
+    const acc_t* lse_p = lse_acc.const_data_ptr<acc_t>();
+    const int64_t* pid = a.positive_ids.defined() ? a.positive_ids.const_data_ptr<int64_t>()
+                                                  : nullptr;
+    acc_t* gq = grad_q.data_ptr<acc_t>();
+    acc_t* ge = grad_e.data_ptr<acc_t>();
+    const int64_t T = a.T, d = a.d;
+    const auto inv_tau = static_cast<acc_t>(a.inv_tau);
+    at::parallel_for(0, a.B, kRowGrain, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (W[b] == acc_t(0)) continue;
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t bt = b * T + t;
+          if (pid && pid[bt] < 0) continue;
+          const acc_t ds = gl[b] * (W[b] * std::exp(s[bt] - lse_p[b]) - w[bt]) * inv_tau;
+          axpy(gq + b * d, ds, e + bt * d, d);
+          axpy(ge + bt * d, ds, q + b * d, d);
+        }
+      }
+    });
+  });
+}
+
+// Weights with padding zeroed, [B, T] acc.
+Tensor valid_weights(const SampledArgs& a) {
+  return a.positive_ids.defined() ? a.weights.masked_fill(a.positive_ids.lt(0), 0) : a.weights;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> sampled_softmax_ce_fwd_cpu(
@@ -299,9 +341,7 @@ std::tuple<Tensor, Tensor, Tensor> sampled_softmax_ce_bwd_cpu(
               "grad_loss and lse must be [B]");
   const Tensor g = grad_loss.to(acc).contiguous();
   const Tensor lse_acc = lse.to(acc).contiguous();
-  const Tensor valid_w = a.positive_ids.defined()
-                             ? a.weights.masked_fill(a.positive_ids.lt(0), 0)
-                             : a.weights;
+  const Tensor valid_w = valid_weights(a);
   const Tensor total_w = valid_w.sum(1);
   const Tensor coef = (g * total_w).contiguous();
 
@@ -316,39 +356,57 @@ std::tuple<Tensor, Tensor, Tensor> sampled_softmax_ce_bwd_cpu(
                         no_offset_grad);
   }
 
-  // Positives: d loss / d s+_bt = g_b * (W_b * softmax(s+_bt) - w_bt).
-  const Tensor s_pos = positive_scores(a);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(),
-                                  "sampled_softmax_ce_bwd_positives", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* q = a.query.const_data_ptr<scalar_t>();
-    const scalar_t* e = a.positives.const_data_ptr<scalar_t>();
-    const acc_t* s = s_pos.const_data_ptr<acc_t>();
-    const acc_t* w = valid_w.const_data_ptr<acc_t>();
-    const acc_t* W = total_w.const_data_ptr<acc_t>();
-    const acc_t* gl = g.const_data_ptr<acc_t>();
-    const acc_t* lse_p = lse_acc.const_data_ptr<acc_t>();
-    const int64_t* pid = a.positive_ids.defined() ? a.positive_ids.const_data_ptr<int64_t>()
-                                                  : nullptr;
-    acc_t* gq = grad_q.data_ptr<acc_t>();
-    acc_t* ge = grad_e.data_ptr<acc_t>();
-    const int64_t T = a.T, d = a.d;
-    const auto inv_tau = static_cast<acc_t>(a.inv_tau);
-    at::parallel_for(0, a.B, kRowGrain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (W[b] == acc_t(0)) continue;
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t bt = b * T + t;
-          if (pid && pid[bt] < 0) continue;
-          const acc_t ds = gl[b] * (W[b] * std::exp(s[bt] - lse_p[b]) - w[bt]) * inv_tau;
-          axpy(gq + b * d, ds, e + bt * d, d);
-          axpy(ge + bt * d, ds, q + b * d, d);
-        }
-      }
-    });
-  });
+  accumulate_positive_grads(a, valid_w, total_w, g, lse_acc, grad_q, grad_e);
   return {grad_q.to(query.scalar_type()), grad_e.to(positives.scalar_type()),
           grad_c.to(candidates.scalar_type())};
+}
+
+// Forward and backward of the reduced loss sum_b row_coef[b] * loss_b in one call, for training
+// steps that apply a mean or sum reduction: the gradients are computed while the scores are at
+// hand (three matmuls per tile instead of four) and autograd only scales them by the upstream
+// gradient. Returns (loss [] acc, grad_query, grad_positives, grad_candidates).
+std::tuple<Tensor, Tensor, Tensor, Tensor> sampled_softmax_ce_fused_cpu(
+    const Tensor& query, const Tensor& positives, const Tensor& candidates,
+    const OptTensor& positive_ids, const OptTensor& candidate_ids,
+    const Tensor& positive_weights, const OptTensor& positive_log_q,
+    const OptTensor& candidate_log_q, const OptTensor& candidate_index, const Tensor& row_coef,
+    double temperature, bool remove_accidental_hits) {
+  const SampledArgs a = make_sampled_args(query, positives, candidates, positive_ids,
+                                          candidate_ids, positive_weights, positive_log_q,
+                                          candidate_log_q, candidate_index, temperature,
+                                          remove_accidental_hits);
+  const auto acc = acc_dtype(query);
+  auto opts = query.options().dtype(acc);
+  TORCH_CHECK(row_coef.sizes() == at::IntArrayRef({a.B}), "row_coef must be [B], got ",
+              row_coef.sizes());
+  const Tensor g = row_coef.to(acc).contiguous();
+  const Tensor valid_w = valid_weights(a);
+  const Tensor total_w = valid_w.sum(1);
+  const Tensor coef = (g * total_w).contiguous();
+  // The positives' own share of each row's log-sum-exp.
+  Tensor s_pos = positive_scores(a);
+  if (a.positive_ids.defined()) {
+    s_pos = s_pos.masked_fill(a.positive_ids.lt(0), -std::numeric_limits<double>::infinity());
+  }
+  const Tensor pos_lse = a.T > 0 ? at::logsumexp(s_pos, 1)
+                                 : at::full({a.B}, -std::numeric_limits<double>::infinity(), opts);
+
+  auto grad_q = at::zeros({a.B, a.d}, opts);
+  auto grad_e = at::zeros({a.B, a.T, a.d}, opts);
+  auto grad_c = at::zeros({a.C, a.d}, opts);
+  Tensor lse;
+  if (a.candidate_index.defined()) {
+    lse = at::logaddexp(indexed_logsumexp(a), pos_lse).contiguous();
+    indexed_backward(a, lse, coef, grad_q, grad_c);
+  } else {
+    lse = dense_scan_fused(shared_candidate_scan(a), pos_lse.contiguous(), coef, grad_q, grad_c);
+  }
+  accumulate_positive_grads(a, valid_w, total_w, g, lse, grad_q, grad_e);
+  // loss_b = W_b lse_b - sum_t w_bt s+_bt; padding has w = 0 (and s+ = -inf: keep it out).
+  const Tensor weighted_s = at::where(valid_w > 0, valid_w * s_pos, at::zeros_like(s_pos)).sum(1);
+  const Tensor per_row = at::where(total_w > 0, total_w * lse - weighted_s, at::zeros_like(lse));
+  return {(g * per_row).sum(), grad_q.to(query.scalar_type()),
+          grad_e.to(positives.scalar_type()), grad_c.to(candidates.scalar_type())};
 }
 
 namespace {
@@ -481,6 +539,7 @@ std::tuple<Tensor, Tensor, Tensor> full_softmax_ce_bwd_cpu(
 TORCH_LIBRARY_IMPL(fastsoftmax, CPU, m) {
   m.impl("sampled_softmax_ce", &cpu::sampled_softmax_ce_fwd_cpu);
   m.impl("sampled_softmax_ce_backward", &cpu::sampled_softmax_ce_bwd_cpu);
+  m.impl("sampled_softmax_ce_fused", &cpu::sampled_softmax_ce_fused_cpu);
   m.impl("full_softmax_ce", &cpu::full_softmax_ce_fwd_cpu);
   m.impl("full_softmax_ce_backward", &cpu::full_softmax_ce_bwd_cpu);
 }
