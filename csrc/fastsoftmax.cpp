@@ -51,4 +51,14 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "topk_inner_product_bf16_rescored(Tensor query, Tensor items, Tensor items_bf16, int k, "
       "Tensor? bias, Tensor? exclude_offsets, Tensor? exclude_indices, bool sorted) "
       "-> (Tensor, Tensor)");
+  // Hard-negative mining over a candidate pool [P, d]: per row, `num` pool indices ([B, num]
+  // int64, -1 where nothing is eligible) and their log expected counts ([B, num], acc dtype).
+  // mode "sample" draws with replacement from softmax(score / temperature) over the eligible pool
+  // (Philox keyed by seed, offset; row, draw); "topk" takes the highest scores. exclude_ids
+  // [B, T] (-1 padding) removes pool rows whose pool_ids [P] (default: the pool index) match.
+  // Not differentiable.
+  m.def(
+      "mine_hard_negatives(Tensor query, Tensor pool, Tensor? pool_ids, Tensor? exclude_ids, "
+      "Tensor? pool_log_q, int num, str mode, float temperature, int seed, int offset) "
+      "-> (Tensor, Tensor)");
 }

@@ -4,6 +4,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C, ops  # noqa: F401  (loads and registers the native ops)
 from .functional import full_softmax_cross_entropy, sampled_softmax_cross_entropy
 from .losses import FullSoftmaxLoss
+from .mining import mine_hard_negatives
 
 __version__ = "0.1.0"
 

@@ -130,3 +130,25 @@ def _full_backward(ctx, grad_loss, _grad_lse):
 
 torch.library.register_autograd("fastsoftmax::full_softmax_ce", _full_backward,
                                 setup_context=_full_setup_context)
+
+# ------------------------------------------------------------------------ hard-negative mining
+
+
+@torch.library.register_fake("fastsoftmax::mine_hard_negatives")
+def _mine_hard_negatives_fake(query, pool, pool_ids, exclude_ids, pool_log_q, num, mode,
+                              temperature, seed, offset):
+    torch._check(query.dim() == 2, lambda: "query must be [B, d]")
+    torch._check(pool.dim() == 2, lambda: "pool must be [P, d]")
+    torch._check(pool.shape[1] == query.shape[1], lambda: "pool must have d columns")
+    torch._check(mode in ("sample", "topk"), lambda: f"mode must be 'sample' or 'topk', got {mode!r}")
+    torch._check(num > 0, lambda: f"num must be > 0, got {num}")
+    if mode == "topk":
+        torch._check(num <= pool.shape[0], lambda: "num must be <= the pool size in topk mode")
+    torch._check(temperature > 0, lambda: f"temperature must be > 0, got {temperature}")
+    if exclude_ids is not None:
+        torch._check(exclude_ids.dim() == 2 and exclude_ids.shape[0] == query.shape[0],
+                     lambda: "exclude_ids must be [B, T]")
+    batch = query.shape[0]
+    # NB: no autograd registration: the op is not differentiable (fastsoftmax/mining.py).
+    return (query.new_empty((batch, num), dtype=torch.int64),
+            query.new_empty((batch, num), dtype=acc_dtype(query.dtype)))

@@ -3,6 +3,7 @@
 Used by the tests (in float64) and by the benchmarks (as the eager baseline, in the inputs'
 dtype). Readable first; no attempt at speed or memory economy.
 """
+import math
 from typing import Optional
 
 import torch
@@ -141,3 +142,101 @@ def in_batch_softmax_cross_entropy_reference(query: Tensor, positives: Tensor,
 
 # ---- top-k inner-product retrieval (issue 3) ----
 from .reference_topk import topk_inner_product_reference  # noqa: E402,F401
+
+
+# ------------------------------------------------------------------------- hard-negative mining
+
+_PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_U32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al. 2011) on numpy arrays: counter is four broadcastable arrays
+    of 32-bit words, key two ints; returns four uint64 arrays holding 32-bit words. The same
+    function as csrc/common/philox.h, written independently for the tests."""
+    import numpy as np
+
+    c = [np.asarray(w, dtype=np.uint64) & np.uint64(_U32) for w in counter]
+    k0, k1 = int(key[0]) & _U32, int(key[1]) & _U32
+    mask = np.uint64(_U32)
+    for _ in range(10):
+        p0 = np.uint64(_PHILOX_MUL[0]) * c[0]
+        p1 = np.uint64(_PHILOX_MUL[1]) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & mask,
+             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & mask]
+        k0 = (k0 + _PHILOX_WEYL[0]) & _U32
+        k1 = (k1 + _PHILOX_WEYL[1]) & _U32
+    return c
+
+
+def philox_uniforms(seed: int, offset: int, rows: int, draws: int) -> Tensor:
+    """[rows, draws] float64 uniforms in [0, 1): draw h of row b is the 53-bit double built from
+    words 2(h % 2), 2(h % 2) + 1 of Philox block (h // 2, b, offset lo, offset hi) under key seed
+    (the stream layout of csrc/common/philox.h)."""
+    import numpy as np
+
+    seed, offset = seed % 2**64, offset % 2**64
+    b = np.arange(rows, dtype=np.uint64)[:, None]
+    h = np.arange(draws, dtype=np.uint64)[None, :]
+    words = philox4x32_10((h >> np.uint64(1), b, offset & _U32, offset >> 32),
+                          (seed & _U32, seed >> 32))
+    words = np.stack(np.broadcast_arrays(*words))              # [4, rows, draws]
+    w = ((h & np.uint64(1)) * np.uint64(2)).astype(np.int64)   # [1, draws]
+    hi = np.take_along_axis(words, np.broadcast_to(w, (1, rows, draws)), 0)[0]
+    lo = np.take_along_axis(words, np.broadcast_to(w + 1, (1, rows, draws)), 0)[0]
+    bits = ((hi << np.uint64(32)) | lo) >> np.uint64(11)
+    return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
+
+
+def mine_hard_negatives_reference(
+    query: Tensor,
+    pool: Tensor,
+    num: int,
+    *,
+    pool_ids: Optional[Tensor] = None,
+    exclude_ids: Optional[Tensor] = None,
+    mode: str = "sample",
+    temperature: float = 1.0,
+    pool_log_q: Optional[Tensor] = None,
+    seed: int = 0,
+    offset: int = 0,
+    dtype: Optional[torch.dtype] = torch.float64,
+):
+    """fastsoftmax.mine_hard_negatives with the [B, P] scores materialised: masked scores, then
+    a stable descending sort (topk) or inverse-CDF sampling with the op's Philox uniforms
+    (sample). Returns (index [B, num] int64, log_q [B, num], scores [B, P] masked with -inf)."""
+    dtype = dtype or query.dtype
+    batch, size = query.shape[0], pool.shape[0]
+    scores = query.to(dtype) @ pool.to(dtype).T / temperature            # [B, P]
+    if exclude_ids is not None:
+        ex = exclude_ids.reshape(batch, -1)
+        ids = pool_ids if pool_ids is not None else torch.arange(size, device=pool.device)
+        hit = ((ids.view(1, size, 1) == ex.unsqueeze(1)) & (ex >= 0).unsqueeze(1)).any(2)
+        scores = scores.masked_fill(hit, float("-inf"))
+    eligible = scores > float("-inf")
+    lq = (torch.zeros(size, dtype=dtype, device=query.device) if pool_log_q is None
+          else pool_log_q.to(dtype))
+    inf = torch.tensor(float("inf"), dtype=dtype, device=query.device)
+    if size == 0:
+        return (torch.full((batch, num), -1, device=query.device),
+                torch.full((batch, num), float("inf"), dtype=dtype, device=query.device), scores)
+    if mode == "topk":
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :num]
+        valid = eligible.gather(1, order)
+        index = torch.where(valid, order, -1)
+        log_q = torch.where(valid, lq[order], inf)
+        return index, log_q, scores
+    if mode != "sample":
+        raise ValueError(f"mode must be 'sample' or 'topk', got {mode!r}")
+    log_p = scores - torch.logsumexp(scores, dim=1, keepdim=True)
+    cdf = torch.cumsum(log_p.exp(), dim=1)
+    u = philox_uniforms(seed, offset, batch, num).to(device=query.device, dtype=dtype)
+    picked = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)  # first cdf > u
+    positions = torch.arange(size, device=query.device).expand(batch, size)
+    last = torch.where(eligible, positions, -1).amax(1, keepdim=True)
+    picked = torch.where(picked >= size, last, picked)   # u past the rounded total
+    valid = (picked >= 0) & eligible.any(1, keepdim=True)
+    safe = picked.clamp_min(0)
+    log_q = lq[safe] + math.log(num) + log_p.gather(1, safe)
+    return torch.where(valid, safe, -1), torch.where(valid, log_q, inf), scores
