@@ -25,7 +25,9 @@ import torch  # noqa: E402
 import fastsoftmax  # noqa: E402
 from common import format_table, machine_description, write_csv  # noqa: E402
 
-SUITES = ("softmax",)
+# Suites with run(quick, repeats) -> (rows, verdicts) in benchmarks/<suite>_cases.py; "topk"
+# has its own grid runner (benchmarks/topk_cases.py) and table.
+SUITES = ("softmax", "loss", "mining", "topk")
 
 
 def main(argv=None) -> int:
@@ -48,13 +50,21 @@ def main(argv=None) -> int:
         parser.error(f"unknown suite(s) {sorted(unknown)}; choose from {SUITES}")
 
     print(f"# fastsoftmax benchmarks\n{machine_description()}; build {fastsoftmax.build_info()}")
-    rows, verdicts = [], []
-    if "softmax" in suites:
-        import softmax_cases
-        r, v = softmax_cases.run(args.quick, args.repeats, compile_baseline=not args.no_compile)
+    rows, verdicts, topk_table = [], [], ""
+    for suite in suites:
+        if suite == "topk":
+            import topk_cases
+            topk_rows = topk_cases.run_topk(argparse.Namespace(
+                quick=args.quick, threads=args.threads, max_buffer_gib=2.0))
+            topk_table = "\n\nTop-k (ratio = time / matmul floor):\n\n" + \
+                topk_cases.markdown_table(topk_rows)
+            continue
+        module = __import__(f"{suite}_cases")
+        kwargs = {"compile_baseline": not args.no_compile} if suite == "softmax" else {}
+        r, v = module.run(args.quick, args.repeats, **kwargs)
         rows += r
         verdicts += v
-    report = f"{machine_description()}\n\n{format_table(rows)}\n"
+    report = f"{machine_description()}\n\n{format_table(rows) if rows else ''}{topk_table}\n"
     if verdicts:
         report += "\nTargets:\n" + "\n".join(verdicts) + "\n"
     print()
@@ -62,7 +72,8 @@ def main(argv=None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(report)
-    write_csv(rows, args.csv)
+    if rows:
+        write_csv(rows, args.csv)
     print(f"\nCSV: {args.csv}")
     return 0
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from fastsoftmax import ItemIndex, topk_inner_product_reference
+from fastsoftmax import ItemIndex
+from fastsoftmax.reference import topk_inner_product_reference
 
 
 @pytest.fixture(autouse=True)

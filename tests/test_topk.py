@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import fastsoftmax
-from fastsoftmax import topk_inner_product, topk_inner_product_reference
+from fastsoftmax import topk_inner_product
+from fastsoftmax.reference import topk_inner_product_reference
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a visible CUDA device")
