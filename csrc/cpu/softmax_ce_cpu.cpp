@@ -113,13 +113,24 @@ SampledArgs make_sampled_args(const Tensor& query, const Tensor& positives,
   return a;
 }
 
+// Each row's positive ids with repeats replaced by -1 (padding), [B, T]: the hit mask costs
+// B x C per distinct id, and rows often repeat ids (e.g. placeholder slots).
+Tensor unique_hit_ids(const Tensor& positive_ids) {
+  if (positive_ids.size(1) <= 1) return positive_ids;
+  Tensor sorted = std::get<0>(positive_ids.sort(/*dim=*/1));
+  Tensor repeat = sorted.narrow(1, 1, sorted.size(1) - 1)
+                      .eq(sorted.narrow(1, 0, sorted.size(1) - 1));
+  sorted.narrow(1, 1, sorted.size(1) - 1).masked_fill_(repeat, -1);
+  return sorted.contiguous();
+}
+
 DenseScan shared_candidate_scan(const SampledArgs& a) {
   DenseScan scan;
   scan.query = a.query;
   scan.candidates = a.candidates;
   if (a.candidate_log_q.defined()) scan.offset = a.candidate_log_q.neg();
   if (a.mask_hits) {
-    scan.hit_ids = a.positive_ids;
+    scan.hit_ids = unique_hit_ids(a.positive_ids);
     scan.candidate_ids = a.candidate_ids;
   }
   scan.inv_tau = a.inv_tau;
