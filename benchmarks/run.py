@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import fastsoftmax  # noqa: E402
 from common import format_table, machine_description, write_csv  # noqa: E402
 
-SUITES = ("softmax",)
+SUITES = ("softmax", "mining")
 
 
 def main(argv=None) -> int:
@@ -52,6 +52,11 @@ def main(argv=None) -> int:
     if "softmax" in suites:
         import softmax_cases
         r, v = softmax_cases.run(args.quick, args.repeats, compile_baseline=not args.no_compile)
+        rows += r
+        verdicts += v
+    if "mining" in suites:
+        import mining_cases
+        r, v = mining_cases.run(args.quick, args.repeats)
         rows += r
         verdicts += v
     report = f"{machine_description()}\n\n{format_table(rows)}\n"
