@@ -140,7 +140,8 @@ def _mine_hard_negatives_fake(query, pool, pool_ids, exclude_ids, pool_log_q, nu
     torch._check(query.dim() == 2, lambda: "query must be [B, d]")
     torch._check(pool.dim() == 2, lambda: "pool must be [P, d]")
     torch._check(pool.shape[1] == query.shape[1], lambda: "pool must have d columns")
-    torch._check(mode in ("sample", "topk"), lambda: f"mode must be 'sample' or 'topk', got {mode!r}")
+    torch._check(mode in ("sample", "topk"),
+                 lambda: f"mode must be 'sample' or 'topk', got {mode!r}")
     torch._check(num > 0, lambda: f"num must be > 0, got {num}")
     if mode == "topk":
         torch._check(num <= pool.shape[0], lambda: "num must be <= the pool size in topk mode")

@@ -433,25 +433,57 @@ def test_native_op_checks_arguments_directly():
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 def test_cuda_matches_cpu(dtype):
-    cpu = make_problem(B=300, P=2500, d=32, dtype=dtype, integer=dtype == torch.float16)
+    # Integer-valued inputs below float64: the scores are exact on both devices, so the top-k
+    # (ties included) must agree exactly.
+    cpu = make_problem(B=300, P=2500, d=32, dtype=dtype, integer=dtype != torch.float64)
     cuda = [t.cuda() for t in cpu]
     kw = lambda t: dict(pool_ids=t[2], exclude_ids=t[3], pool_log_q=t[4])  # noqa: E731
-    for mode in ("topk", "sample"):
-        i_cpu, l_cpu = mine(cpu[0], cpu[1], 64, mode=mode, generator=77, **kw(cpu))
-        i_gpu, l_gpu = mine(cuda[0], cuda[1], 64, mode=mode, generator=77, **kw(cuda))
-        i_gpu, l_gpu = i_gpu.cpu(), l_gpu.cpu()
-        if mode == "topk":
-            assert_unique_per_row(i_gpu)
-        if dtype == torch.float32 and mode == "sample":
-            # Identical uniforms; fp32 scores differ in rounding between BLAS and cuBLAS, which
-            # moves a pick only when a uniform lies within ~1e-6 of a CDF step.
-            same = i_cpu == i_gpu
-            assert same.float().mean() > 0.999
-            torch.testing.assert_close(l_gpu[same], l_cpu[same], rtol=1e-4, atol=1e-4)
-        else:
-            torch.testing.assert_close(i_gpu, i_cpu, rtol=0, atol=0)
-            tol = 1e-10 if dtype == torch.float64 else 1e-4
-            torch.testing.assert_close(l_gpu, l_cpu, rtol=tol, atol=tol)
+    i_cpu, l_cpu = mine(cpu[0], cpu[1], 64, mode="topk", **kw(cpu))
+    i_gpu, l_gpu = mine(cuda[0], cuda[1], 64, mode="topk", **kw(cuda))
+    torch.testing.assert_close(i_gpu.cpu(), i_cpu, rtol=0, atol=0)
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=0, atol=0)
+    # Sampling: the same Philox uniforms on both devices. In float64 the CDFs agree to ~1e-15, so
+    # every pick is the same; below it the log-sum-exp is summed in a different order, which moves
+    # a pick only when a uniform lies within ~1e-6 of a CDF step.
+    i_cpu, l_cpu = mine(cpu[0], cpu[1], 64, generator=77, temperature=3.0, **kw(cpu))
+    i_gpu, l_gpu = mine(cuda[0], cuda[1], 64, generator=77, temperature=3.0, **kw(cuda))
+    i_gpu, l_gpu = i_gpu.cpu(), l_gpu.cpu()
+    if dtype == torch.float64:
+        torch.testing.assert_close(i_gpu, i_cpu, rtol=0, atol=0)
+        torch.testing.assert_close(l_gpu, l_cpu, rtol=1e-10, atol=1e-10)
+    else:
+        same = i_cpu == i_gpu
+        assert same.float().mean() > 0.999
+        torch.testing.assert_close(l_gpu[same], l_cpu[same], rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_topk_random_fp32_values_and_sample_inverse_cdf():
+    cpu = make_problem(B=200, P=5000, d=64)
+    q, pool, pool_ids, exclude, log_q = [t.cuda() for t in cpu]
+    index, _ = mine(q, pool, 100, pool_ids=pool_ids, exclude_ids=exclude, mode="topk")
+    _, _, scores = mine_hard_negatives_reference(*cpu[:2], 100, pool_ids=cpu[2],
+                                                 exclude_ids=cpu[3], mode="topk")
+    index = index.cpu()
+    assert_unique_per_row(index)
+    assert_close_to_reference(scores.gather(1, index),
+                              scores.sort(1, descending=True).values[:, :100], torch.float32)
+    index, _ = mine(q, pool, 500, pool_ids=pool_ids, exclude_ids=exclude, generator=5)
+    assert_inverse_cdf(index.cpu(), scores, philox_uniforms(5, 0, 200, 500), tol=1e-5)
+
+
+@requires_cuda
+def test_cuda_num_limits():
+    q, pool = torch.randn(4, 8, device="cuda"), torch.randn(5000, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="num must be <= 4096 in sample mode on CUDA"):
+        mine(q, pool, 4097, generator=0)
+    with pytest.raises(RuntimeError, match="num must be <= 1024 in topk mode on CUDA"):
+        mine(q, pool, 1025, mode="topk")
+    # The largest allowed sizes work.
+    index, _ = mine(q, pool, 4096, generator=0)
+    assert (index >= 0).all()
+    index, _ = mine(q, pool, 1024, mode="topk")
+    assert_unique_per_row(index.cpu())
 
 
 @requires_cuda

@@ -16,7 +16,9 @@ namespace fastsoftmax {
 
 template <typename acc_t>
 FS_HOST_DEVICE acc_t neg_inf() {
-  return -std::numeric_limits<acc_t>::infinity();
+  // NB: INFINITY rather than numeric_limits, whose constexpr host functions nvcc rejects in
+  // device code without --expt-relaxed-constexpr.
+  return -static_cast<acc_t>(INFINITY);
 }
 
 // Running (max, sum of exp(x - max)) of a stream of scores. -inf scores are masked entries and

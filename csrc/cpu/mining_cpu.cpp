@@ -29,7 +29,8 @@
 #include "mining_args.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FS_MINING_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FS_MINING_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FS_MINING_CLONES
 #endif
@@ -84,14 +85,52 @@ void exp_minus(const float* s, int64_t n, float shift, float* p) {
   for (int64_t j = 0; j < n; ++j) p[j] = fast_expf(s[j] - shift);
 }
 
-void scale_inplace(double* s, int64_t n, double inv_tau) {
-  for (int64_t j = 0; j < n; ++j) s[j] *= inv_tau;
-}
-
 double max_of(const double* s, int64_t n) {
   double m = neg_inf<double>();
   for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
   return m;
+}
+
+// out[k] = max of block k of kWalkBlock entries (the last block may be shorter).
+FS_MINING_CLONES
+void block_max(const float* s, int64_t n, float* out) {
+  for (int64_t j0 = 0, k = 0; j0 < n; j0 += kWalkBlock, ++k) {
+    const int64_t len = std::min(kWalkBlock, n - j0);
+    float m = neg_inf<float>();
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < len; ++j) m = s[j0 + j] > m ? s[j0 + j] : m;
+    out[k] = m;
+  }
+}
+
+// out[k] = the double sum of block k of p.
+FS_MINING_CLONES
+void block_mass(const float* p, int64_t n, double* out) {
+  for (int64_t j0 = 0, k = 0; j0 < n; j0 += kWalkBlock, ++k) {
+    const int64_t len = std::min(kWalkBlock, n - j0);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < len; ++j) sum += static_cast<double>(p[j0 + j]);
+    out[k] = sum;
+  }
+}
+
+void block_max(const double* s, int64_t n, double* out) {
+  for (int64_t j0 = 0, k = 0; j0 < n; j0 += kWalkBlock, ++k) {
+    out[k] = max_of(s + j0, std::min(kWalkBlock, n - j0));
+  }
+}
+
+void block_mass(const double* p, int64_t n, double* out) {
+  for (int64_t j0 = 0, k = 0; j0 < n; j0 += kWalkBlock, ++k) {
+    double sum = 0.0;
+    for (int64_t j = j0; j < std::min(n, j0 + kWalkBlock); ++j) sum += p[j];
+    out[k] = sum;
+  }
+}
+
+void scale_inplace(double* s, int64_t n, double inv_tau) {
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv_tau;
 }
 
 double sum_exp_minus(const double* s, int64_t n, double shift) {
@@ -206,14 +245,14 @@ struct TopH {
   }
 };
 
+// block: scratch of ceil(cols / kWalkBlock) entries.
 template <typename acc_t>
-void topk_row_tile(TopH<acc_t>& heap, const acc_t* s, int64_t cols, int64_t c0) {
-  for (int64_t j0 = 0; j0 < cols; j0 += kWalkBlock) {
-    const int64_t n = std::min(kWalkBlock, cols - j0);
-    const acc_t thr = heap.threshold();
+void topk_row_tile(TopH<acc_t>& heap, const acc_t* s, int64_t cols, int64_t c0, acc_t* block) {
+  block_max(s, cols, block);
+  for (int64_t j0 = 0, k = 0; j0 < cols; j0 += kWalkBlock, ++k) {
     // Most blocks hold nothing above the H-th best score once the heap has filled.
-    if (!(max_of(s + j0, n) > thr)) continue;
-    for (int64_t j = j0; j < j0 + n; ++j) {
+    if (!(block[k] > heap.threshold())) continue;
+    for (int64_t j = j0; j < std::min(cols, j0 + kWalkBlock); ++j) {
       // NB: excluded entries are -inf and NaN compares false: neither is ever selected.
       if (s[j] > heap.threshold()) heap.push(s[j], c0 + j);
     }
@@ -227,6 +266,7 @@ void mine_topk(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
   for_each_row_block(a, [&](int, int64_t r0, int64_t r1, const Tensor& query_block) {
     const int64_t rows = r1 - r0;
     std::vector<acc_t> tile(static_cast<size_t>(rows * std::min(P, kColTile)));
+    std::vector<acc_t> block(static_cast<size_t>(ceil_div(kColTile, kWalkBlock)));
     std::vector<typename TopH<acc_t>::Entry> entries(static_cast<size_t>(rows * H));
     std::vector<TopH<acc_t>> heaps;
     heaps.reserve(static_cast<size_t>(rows));
@@ -235,7 +275,9 @@ void mine_topk(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
       const int64_t c1 = std::min(P, c0 + kColTile), cols = c1 - c0;
       // The ranking does not depend on the temperature: the tile stays unscaled.
       score_tile(a, query_block, r0, r1, c0, c1, tile.data(), /*scale=*/false);
-      for (int64_t r = 0; r < rows; ++r) topk_row_tile(heaps[r], tile.data() + r * cols, cols, c0);
+      for (int64_t r = 0; r < rows; ++r) {
+        topk_row_tile(heaps[r], tile.data() + r * cols, cols, c0, block.data());
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       TopH<acc_t>& heap = heaps[r];
@@ -286,26 +328,25 @@ struct SampleOut {
 };
 
 // Matches the row's sorted draws against the CDF over this tile. s: the tile row (scaled,
-// masked); p: scratch for its probabilities.
+// masked); p, mass: scratch for its probabilities and their block sums.
 template <typename acc_t>
 void walk_row_tile(RowWalk<acc_t>& w, const Draw* draws, int64_t H, const acc_t* s, acc_t* p,
-                   int64_t cols, int64_t c0, acc_t lse, const SampleOut<acc_t>& out, int64_t b) {
+                   double* mass, int64_t cols, int64_t c0, acc_t lse,
+                   const SampleOut<acc_t>& out, int64_t b) {
   // Rows without an eligible pool row (lse -inf) or with a NaN score get no walk: the
   // leftover pass fills them.
   if (w.next >= H || !(lse > neg_inf<acc_t>())) return;
   exp_minus(s, cols, lse, p);
+  block_mass(p, cols, mass);
   int64_t last_block = -1;
-  for (int64_t j0 = 0; j0 < cols && w.next < H; j0 += kWalkBlock) {
-    const int64_t n = std::min(kWalkBlock, cols - j0);
-    double mass = 0.0;
-    for (int64_t j = j0; j < j0 + n; ++j) mass += static_cast<double>(p[j]);
-    if (mass == 0.0) continue;
+  for (int64_t j0 = 0, k = 0; j0 < cols && w.next < H; j0 += kWalkBlock, ++k) {
+    if (mass[k] == 0.0) continue;
     last_block = j0;
-    if (w.cdf + mass <= draws[w.next].u) {  // no draw lands in this block
-      w.cdf += mass;
+    if (w.cdf + mass[k] <= draws[w.next].u) {  // no draw lands in this block
+      w.cdf += mass[k];
       continue;
     }
-    for (int64_t j = j0; j < j0 + n; ++j) {
+    for (int64_t j = j0; j < std::min(cols, j0 + kWalkBlock); ++j) {
       const double upper = w.cdf + static_cast<double>(p[j]);
       // Draw u picks the first pool row whose cumulative probability exceeds u.
       while (w.next < H && draws[w.next].u < upper) {
@@ -340,6 +381,7 @@ void mine_sample(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
     const int64_t tile_elems = rows * std::min(P, kColTile);
     std::vector<acc_t> scores(static_cast<size_t>(cache ? rows * P : tile_elems));
     std::vector<acc_t> probs(static_cast<size_t>(std::min(P, kColTile)));
+    std::vector<double> mass(static_cast<size_t>(ceil_div(kColTile, kWalkBlock)));
     // Tile ct of the row block: its slot in the cache, or the one scratch tile.
     auto tile_at = [&](int64_t ct) { return scores.data() + (cache ? ct * rows * kColTile : 0); };
 
@@ -376,8 +418,8 @@ void mine_sample(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
       acc_t* tile = tile_at(ct);
       if (!cache) score_tile(a, query_block, r0, r1, c0, c1, tile, /*scale=*/true);
       for (int64_t r = 0; r < rows; ++r) {
-        walk_row_tile(walk[r], draws.data() + r * H, H, tile + r * cols, probs.data(), cols, c0,
-                      lse[r], out, r0 + r);
+        walk_row_tile(walk[r], draws.data() + r * H, H, tile + r * cols, probs.data(),
+                      mass.data(), cols, c0, lse[r], out, r0 + r);
       }
     }
 
