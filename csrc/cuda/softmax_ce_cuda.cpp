@@ -211,7 +211,9 @@ std::tuple<Tensor, Tensor> sampled_softmax_ce_fwd_cuda(
   if (a.B == 0) return {loss, lse};
 
   DenseScanPlan plan;
-  if (!a.candidate_index.defined()) plan = plan_dense_scan(a.B, a.C, query.scalar_type() == at::kDouble);
+  if (!a.candidate_index.defined()) {
+    plan = plan_dense_scan(a.B, a.C, query.scalar_type() == at::kDouble);
+  }
   ScanWorkspace ws = forward_workspace(plan, a.B, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(),
                                   "sampled_softmax_ce_fwd_cuda", [&] {

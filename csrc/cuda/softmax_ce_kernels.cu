@@ -656,7 +656,9 @@ void launch_dense_scan_bwd(const ScanArgs<scalar_t, acc_t>& a, const DenseScanPl
     const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.col_splits));
     dense_scan_bwd_query_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         a, plan.col_tiles_per_split, split ? grad_query_partial : grad_query);
-    if (split) launch_reduce_splits(grad_query_partial, plan.col_splits, a.B * a.d, grad_query, stream);
+    if (split) {
+      launch_reduce_splits(grad_query_partial, plan.col_splits, a.B * a.d, grad_query, stream);
+    }
   }
   // With d == 0 the scores are the offsets alone, which still have a gradient.
   if (a.d > 0 || grad_offset != nullptr) {

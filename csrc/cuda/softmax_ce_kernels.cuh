@@ -1,6 +1,7 @@
-// Plain C++ interface of the CUDA softmax cross-entropy kernels (DESIGN.md §3, §4): Params structs
-// of raw device pointers and sizes, and one launcher per op and direction. No torch headers, so
-// the kernels compile (and can be checked) without ATen; the torch glue is softmax_ce_cuda.cpp.
+// Plain C++ interface of the CUDA softmax cross-entropy kernels (DESIGN.md §3, §4): Params
+// structs of raw device pointers and sizes, and one launcher per op and direction. No torch
+// headers, so the kernels compile (and can be checked) without ATen; the torch glue is
+// softmax_ce_cuda.cpp.
 //
 // Conventions shared by every launcher:
 //   * scalar_t is float, double, __half or __nv_bfloat16; acc_t = acc_type_t<scalar_t> is double
