@@ -287,6 +287,30 @@ std::tuple<Tensor, Tensor, Tensor> sampled_softmax_ce_bwd_cuda(
           grad_c.to(candidates.scalar_type())};
 }
 
+// The reduced loss sum_b row_coef[b] * loss_b and its gradients. On CUDA this is the forward
+// followed by the backward with grad_loss = row_coef: unlike on CPU, where keeping a scores panel
+// hot between the two passes saves a matmul's worth of memory traffic, the GPU kernels recompute
+// the tiles from the saved log-sum-exp at little cost, and one code path stays easier to verify.
+std::tuple<Tensor, Tensor, Tensor, Tensor> sampled_softmax_ce_fused_cuda(
+    const Tensor& query, const Tensor& positives, const Tensor& candidates,
+    const OptTensor& positive_ids, const OptTensor& candidate_ids,
+    const Tensor& positive_weights, const OptTensor& positive_log_q,
+    const OptTensor& candidate_log_q, const OptTensor& candidate_index, const Tensor& row_coef,
+    double temperature, bool remove_accidental_hits) {
+  check_cuda(query, "sampled_softmax_ce_fused");
+  TORCH_CHECK(row_coef.dim() == 1 && row_coef.size(0) == query.size(0),
+              "row_coef must be [B], got ", row_coef.sizes());
+  auto [loss, lse] = sampled_softmax_ce_fwd_cuda(
+      query, positives, candidates, positive_ids, candidate_ids, positive_weights,
+      positive_log_q, candidate_log_q, candidate_index, temperature, remove_accidental_hits);
+  const Tensor coef = row_coef.to(loss.scalar_type());
+  auto [grad_q, grad_e, grad_c] = sampled_softmax_ce_bwd_cuda(
+      coef, query, positives, candidates, positive_ids, candidate_ids, positive_weights,
+      positive_log_q, candidate_log_q, candidate_index, lse, temperature,
+      remove_accidental_hits);
+  return {(coef * loss).sum(), grad_q, grad_e, grad_c};
+}
+
 namespace {
 
 struct FullArgs {
@@ -419,6 +443,7 @@ std::tuple<Tensor, Tensor, Tensor> full_softmax_ce_bwd_cuda(
 TORCH_LIBRARY_IMPL(fastsoftmax, CUDA, m) {
   m.impl("sampled_softmax_ce", &cuda::sampled_softmax_ce_fwd_cuda);
   m.impl("sampled_softmax_ce_backward", &cuda::sampled_softmax_ce_bwd_cuda);
+  m.impl("sampled_softmax_ce_fused", &cuda::sampled_softmax_ce_fused_cuda);
   m.impl("full_softmax_ce", &cuda::full_softmax_ce_fwd_cuda);
   m.impl("full_softmax_ce_backward", &cuda::full_softmax_ce_bwd_cuda);
 }
