@@ -178,16 +178,9 @@ def average_metrics(per_user: dict[str, torch.Tensor]) -> dict[str, float]:
 def _resolve_topk_fn(topk_fn: TopkFn | None) -> TopkFn:
     if topk_fn is not None:
         return topk_fn
-    import fastsoftmax  # looked up at call time: the kernel may land after this module
+    from .retrieval import topk_inner_product
 
-    default = getattr(fastsoftmax, "topk_inner_product", None)
-    if default is None:
-        raise RuntimeError(
-            "fastsoftmax.topk_inner_product is not available in this build; pass "
-            "topk_fn=f with f(query [B, d], items [N, d], k, *, bias=None, exclude=(offsets, indices)) "
-            "-> (scores [B, k], indices [B, k])"
-        )
-    return default
+    return topk_inner_product
 
 
 @torch.no_grad()

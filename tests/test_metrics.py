@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import fastsoftmax
 from fastsoftmax.data import UserItemCSR
 from fastsoftmax.metrics import (
     average_metrics,
@@ -183,10 +182,12 @@ def test_evaluate_ranking_bias_padding_and_csr_inputs():
     assert result["precision@10"] == pytest.approx((2 / 10 + 1 / 10) / 2)
 
 
-def test_evaluate_ranking_needs_a_topk_function(monkeypatch):
-    monkeypatch.delattr(fastsoftmax, "topk_inner_product", raising=False)
-    with pytest.raises(RuntimeError, match="topk_fn"):
-        evaluate_ranking(USERS, ITEMS, EVAL_GROUND_TRUTH)
+def test_evaluate_ranking_defaults_to_the_topk_kernel():
+    gt = UserItemCSR.from_sets(EVAL_GROUND_TRUTH)
+    exclude = UserItemCSR.from_sets(EVAL_EXCLUDE)
+    ours = evaluate_ranking(USERS, ITEMS, gt, exclude, ks=(1, 2, 10))
+    expected = evaluate_ranking(USERS, ITEMS, gt, exclude, ks=(1, 2, 10), topk_fn=reference_topk)
+    assert ours == pytest.approx(expected)
 
 
 def test_folding_score_counts_cross_group_items():
