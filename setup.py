@@ -82,5 +82,7 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.9",
-    install_requires=["torch", "numpy"],
+    # tqdm: progress bars of `fastsoftmax train`; matplotlib: the plots of compare / folding.
+    install_requires=["torch", "numpy", "tqdm", "matplotlib"],
+    entry_points={"console_scripts": ["fastsoftmax = fastsoftmax.cli:main"]},
 )
