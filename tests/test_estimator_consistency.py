@@ -13,7 +13,6 @@ Metrics, averaged over 4 seeds: cos = cosine between the flattened [B, d] sample
 gradients; cos(E) = the same for the model-expectation part only, Σ_i p_i e_i (the gradient
 plus the exact positive term), which the positive term cannot inflate.
 """
-import math
 import os
 import sys
 

@@ -10,7 +10,7 @@ Skipped when no CUDA device is visible.
 import pytest
 import torch
 
-import fastsoftmax._C  # noqa: F401  (registers torch.ops.fastsoftmax)
+import fastsoftmax  # noqa: F401  (registers torch.ops.fastsoftmax and the fake kernels)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -326,29 +326,23 @@ def test_dense_backward_is_deterministic():
 def test_opcheck_sampled(H):
     args = [_to_device(a) for a in sampled_inputs(12, 2, 16, 30, torch.float32, H=H)]
     torch.library.opcheck(torch.ops.fastsoftmax.sampled_softmax_ce.default, args,
-                          test_utils=_opcheck_utils())
+                          test_utils=OPCHECK_UTILS)
     _, lse = torch.ops.fastsoftmax.sampled_softmax_ce(*args)
     bwd = [torch.randn(12, device="cuda")] + args[:9] + [lse] + args[9:]
     torch.library.opcheck(torch.ops.fastsoftmax.sampled_softmax_ce_backward.default, bwd,
-                          test_utils=_opcheck_utils())
+                          test_utils=OPCHECK_UTILS)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_opcheck_full(bias):
     args = [_to_device(a) for a in full_inputs(12, 2, 16, 30, torch.float32, bias=bias)]
     torch.library.opcheck(torch.ops.fastsoftmax.full_softmax_ce.default, args,
-                          test_utils=_opcheck_utils())
+                          test_utils=OPCHECK_UTILS)
     _, lse = torch.ops.fastsoftmax.full_softmax_ce(*args)
     bwd = [torch.randn(12, device="cuda")] + args[:5] + [lse, args[5]]
     torch.library.opcheck(torch.ops.fastsoftmax.full_softmax_ce_backward.default, bwd,
-                          test_utils=_opcheck_utils())
+                          test_utils=OPCHECK_UTILS)
 
 
-def _opcheck_utils():
-    # The fake kernels live in fastsoftmax/ops.py; without them only the schema can be checked.
-    try:
-        import fastsoftmax.ops  # noqa: F401
-    except ImportError:
-        return ("test_schema",)
-    return ("test_schema", "test_autograd_registration", "test_faketensor",
-            "test_aot_dispatch_dynamic")
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor",
+                 "test_aot_dispatch_dynamic")
