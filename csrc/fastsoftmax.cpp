@@ -61,4 +61,10 @@ TORCH_LIBRARY(fastsoftmax, m) {
       "mine_hard_negatives(Tensor query, Tensor pool, Tensor? pool_ids, Tensor? exclude_ids, "
       "Tensor? pool_log_q, int num, str mode, float temperature, int seed, int offset) "
       "-> (Tensor, Tensor)");
+
+  // ---- negative sampling (issue 4) ----
+  // `num` ids from a Walker/Vose alias table (alias_prob [N] float32, alias [N] int64): draw i
+  // takes bucket k = floor(u * N) and keeps it when coin < alias_prob[k], else alias[k], with
+  // (u, coin) from Philox block (i, seed, offset) (common/alias.h). Not differentiable.
+  m.def("alias_sample(Tensor alias_prob, Tensor alias, int num, int seed, int offset) -> Tensor");
 }

@@ -153,3 +153,15 @@ def _mine_hard_negatives_fake(query, pool, pool_ids, exclude_ids, pool_log_q, nu
     # NB: no autograd registration: the op is not differentiable (fastsoftmax/mining.py).
     return (query.new_empty((batch, num), dtype=torch.int64),
             query.new_empty((batch, num), dtype=acc_dtype(query.dtype)))
+
+
+# ------------------------------------------------------------------------ negative sampling
+
+
+@torch.library.register_fake("fastsoftmax::alias_sample")
+def _alias_sample_fake(alias_prob, alias, num, seed, offset):
+    torch._check(alias_prob.dim() == 1 and alias.dim() == 1,
+                 lambda: "alias_prob and alias must be 1-D")
+    torch._check(num >= 0, lambda: f"num must be >= 0, got {num}")
+    # NB: no autograd registration: sampling is not differentiable.
+    return alias.new_empty((num,))

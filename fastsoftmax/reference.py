@@ -189,6 +189,28 @@ def philox_uniforms(seed: int, offset: int, rows: int, draws: int) -> Tensor:
     return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
 
 
+def alias_sample_reference(alias_prob: Tensor, alias: Tensor, num: int, seed: int,
+                           offset: int) -> Tensor:
+    """The ids of ``torch.ops.fastsoftmax.alias_sample``: draw i reads Philox block
+    (i mod 2^32, i // 2^32, offset lo, offset hi) under key seed; words 0-1 give the 53-bit
+    uniform u picking bucket k = floor(u N), words 2-3 the coin; k is kept when
+    coin < alias_prob[k], else alias[k]."""
+    import numpy as np
+
+    seed, offset = seed % 2**64, offset % 2**64
+    i = np.arange(num, dtype=np.uint64)
+    words = philox4x32_10((i & np.uint64(_U32), i >> np.uint64(32), offset & _U32, offset >> 32),
+                          (seed & _U32, seed >> 32))
+    words = [np.broadcast_to(w, i.shape) for w in words]
+    u = (((words[0] << np.uint64(32)) | words[1]) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    coin = (((words[2] << np.uint64(32)) | words[3]) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    n = alias_prob.numel()
+    bucket = torch.from_numpy(np.minimum((u * n).astype(np.int64), n - 1))
+    prob = alias_prob.detach().cpu().double()[bucket]
+    keep = torch.from_numpy(coin) < prob
+    return torch.where(keep, bucket, alias.detach().cpu()[bucket])
+
+
 def mine_hard_negatives_reference(
     query: Tensor,
     pool: Tensor,

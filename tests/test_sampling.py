@@ -589,3 +589,66 @@ def test_unique_gives_up_instead_of_looping_forever():
     sampler = UnigramSampler(torch.tensor([1.0, 1e-12]))  # the second id needs ~1e12 draws
     with pytest.raises(RuntimeError, match="fewer than num_samples"):
         _draw_unique(sampler._draw, 2, torch.Generator().manual_seed(0), max_tries=10_000)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused alias-table kernel (fastsoftmax::alias_sample)
+
+def _alias_table(n: int = 1000):
+    sampler = UnigramSampler(skewed_counts(n))
+    return sampler.alias_prob, sampler.alias
+
+
+@pytest.mark.parametrize("seed, offset", [(0, 0), (7, 3), (2**62 + 5, 2**40 + 1)])
+def test_alias_sample_op_matches_reference(seed, offset):
+    from fastsoftmax.reference import alias_sample_reference
+
+    prob, alias = _alias_table()
+    ids = torch.ops.fastsoftmax.alias_sample(prob, alias, 20_000, seed, offset)
+    assert ids.dtype == torch.int64 and ids.shape == (20_000,)
+    assert torch.equal(ids, alias_sample_reference(prob, alias, 20_000, seed, offset))
+
+
+def test_alias_sample_op_is_independent_of_the_thread_count():
+    prob, alias = _alias_table()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fastsoftmax.alias_sample(prob, alias, 100_000, 11, 0)
+        torch.set_num_threads(max(2, threads))
+        many = torch.ops.fastsoftmax.alias_sample(prob, alias, 100_000, 11, 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+    # A prefix of a longer draw is the shorter draw; another offset is another stream.
+    assert torch.equal(torch.ops.fastsoftmax.alias_sample(prob, alias, 100, 11, 0), one[:100])
+    assert not torch.equal(torch.ops.fastsoftmax.alias_sample(prob, alias, 100, 11, 1), one[:100])
+
+
+def test_alias_sample_op_edge_cases_and_opcheck():
+    prob, alias = _alias_table(5)
+    assert torch.ops.fastsoftmax.alias_sample(prob, alias, 0, 1, 0).shape == (0,)
+    single = torch.ops.fastsoftmax.alias_sample(torch.ones(1), torch.zeros(1, dtype=torch.long),
+                                                1000, 3, 0)
+    assert torch.equal(single, torch.zeros(1000, dtype=torch.long))
+    torch.library.opcheck(torch.ops.fastsoftmax.alias_sample.default, (prob, alias, 64, 5, 2))
+
+
+@pytest.mark.parametrize("args, match", [
+    ((torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.long), 4), "alias_prob"),
+    ((torch.ones(3), torch.zeros(3, dtype=torch.int32), 4), "alias must"),
+    ((torch.ones(3), torch.zeros(4, dtype=torch.long), 4), "entries"),
+    ((torch.ones(0), torch.zeros(0, dtype=torch.long), 4), "empty"),
+    ((torch.ones(3), torch.zeros(3, dtype=torch.long), -1), "num"),
+])
+def test_alias_sample_op_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        torch.ops.fastsoftmax.alias_sample(*args, 0, 0)
+
+
+@needs_cuda
+def test_alias_sample_op_cuda_matches_cpu():
+    prob, alias = _alias_table()
+    cpu = torch.ops.fastsoftmax.alias_sample(prob, alias, 50_000, 9, 4)
+    cuda = torch.ops.fastsoftmax.alias_sample(prob.cuda(), alias.cuda(), 50_000, 9, 4)
+    assert cuda.is_cuda and torch.equal(cuda.cpu(), cpu)

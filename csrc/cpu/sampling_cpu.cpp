@@ -1,0 +1,88 @@
+// CPU kernel of fastsoftmax::alias_sample: `num` ids from an alias table in one parallel pass,
+// each draw a pure function of (seed, offset, index) (common/alias.h), so the result does not
+// depend on the thread count and matches the CUDA kernel bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/alias.h"
+#include "sampling_checks.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FS_SAMPLING_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FS_SAMPLING_CLONES
+#endif
+
+namespace fastsoftmax {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChunk = 1024;
+
+// Draws [i0, i0 + len) of the stream, in two loops: Philox and the bucket/coin arithmetic for
+// the whole chunk first (the simd loop: ten rounds of 32x32->64 multiplies per draw dominate
+// the cost and vectorise well), then the table lookups. The values are those of
+// common/alias.h's alias_draw, which the CUDA kernel calls per draw.
+FS_SAMPLING_CLONES
+void alias_chunk(const PhiloxStream& stream, int64_t i0, int64_t len, const float* prob,
+                 const int64_t* table, int64_t n, int64_t* ids) {
+  int64_t bucket[kChunk];
+  double coin[kChunk];
+  const double scale = static_cast<double>(n);
+  const uint32_t off_lo = static_cast<uint32_t>(stream.offset);
+  const uint32_t off_hi = static_cast<uint32_t>(stream.offset >> 32);
+  const uint32_t key0 = static_cast<uint32_t>(stream.seed);
+  const uint32_t key1 = static_cast<uint32_t>(stream.seed >> 32);
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const uint64_t i = static_cast<uint64_t>(i0 + j);
+    const Philox4x32 r = philox4x32_10(
+        Philox4x32{{static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32), off_lo, off_hi}},
+        key0, key1);
+    const uint64_t bits_bucket = ((static_cast<uint64_t>(r.v[0]) << 32) | r.v[1]) >> 11;
+    const uint64_t bits_coin = ((static_cast<uint64_t>(r.v[2]) << 32) | r.v[3]) >> 11;
+    // NB: < 2^53, so the signed conversions are exact (and vectorise without AVX-512DQ).
+    const double u = static_cast<double>(static_cast<int64_t>(bits_bucket)) * 0x1.0p-53;
+    coin[j] = static_cast<double>(static_cast<int64_t>(bits_coin)) * 0x1.0p-53;
+    const int64_t k = static_cast<int64_t>(u * scale);
+    bucket[j] = k < n ? k : n - 1;
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t k = bucket[j];
+    ids[i0 + j] = coin[j] < static_cast<double>(prob[k]) ? k : table[k];
+  }
+}
+
+}  // namespace
+
+at::Tensor alias_sample_cpu(const at::Tensor& alias_prob, const at::Tensor& alias, int64_t num,
+                            int64_t seed, int64_t offset) {
+  check_alias_sample_args(alias_prob, alias, num);
+  const at::Tensor prob_c = alias_prob.contiguous();
+  const at::Tensor alias_c = alias.contiguous();
+  at::Tensor out = at::empty({num}, alias.options());
+  const float* prob = prob_c.const_data_ptr<float>();
+  const int64_t* table = alias_c.const_data_ptr<int64_t>();
+  int64_t* ids = out.data_ptr<int64_t>();
+  const int64_t n = prob_c.numel();
+  const PhiloxStream stream{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset)};
+  // NB: 16 chunks per task: large enough to amortise the scheduling, small enough to balance.
+  at::parallel_for(0, (num + kChunk - 1) / kChunk, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t i0 = c * kChunk;
+      alias_chunk(stream, i0, std::min(kChunk, num - i0), prob, table, n, ids);
+    }
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace fastsoftmax
+
+TORCH_LIBRARY_IMPL(fastsoftmax, CPU, m) {
+  m.impl("alias_sample", &fastsoftmax::cpu::alias_sample_cpu);
+}

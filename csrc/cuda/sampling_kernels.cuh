@@ -1,0 +1,18 @@
+// Plain C++ interface of the CUDA alias-table sampler (no torch headers; the glue is
+// sampling_cuda.cpp).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace fastsoftmax {
+namespace cuda {
+
+// ids[i] = draw i of the alias table (prob [n] float32, alias [n] int64), i < num, from the
+// Philox stream (seed, offset): the same ids as the CPU kernel.
+void launch_alias_sample(const float* prob, const int64_t* alias, int64_t n, int64_t num,
+                         uint64_t seed, uint64_t offset, int64_t* ids, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastsoftmax
