@@ -1,4 +1,5 @@
-"""Benchmark cases of SampledSoftmaxLoss: one training step (forward + backward + SGD update).
+"""Benchmark cases of SampledSoftmaxLoss: one training step (forward + backward + SGD update),
+and the unigram sampler against torch.multinomial.
 
 The step: a linear query tower on B inputs, the loss over an ``nn.Embedding(N, d, sparse=True)``
 item table with S log-uniform shared negatives and H hard negatives per row mined from a pool
@@ -25,7 +26,7 @@ from torch import nn
 
 import fastsoftmax
 from fastsoftmax.sampled_loss import SampledSoftmaxLoss
-from fastsoftmax.sampling import LogUniformSampler
+from fastsoftmax.sampling import LogUniformSampler, UnigramSampler
 
 from common import Row, measure
 
@@ -126,14 +127,42 @@ def train_step_case(B=4096, d=128, N=1_000_000, S=8192, H=64, P=4096, seed=0) ->
                 check, [("eager", 3.0)])
 
 
+def unigram_sampling_case(N=1_000_000, n=1_000_000, seed=0) -> Case:
+    """Drawing n ids from a Zipf-like unigram over N items: the alias table of UnigramSampler
+    (built once, as a training loop keeps it) against torch.multinomial with replacement."""
+    name = f"unigram sampling N={N} n={n}"
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.rand(N, generator=g, dtype=torch.float64) ** -1.5   # heavy-tailed counts
+    sampler = UnigramSampler(counts)
+    probs = (counts / counts.sum()).to(torch.float32)
+    gen_ours, gen_torch = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+
+    def check():
+        # Both follow the same distribution: mass of the 1000 most probable items, drawn vs exact.
+        top = torch.topk(probs, 1000).indices
+        exact = probs[top].sum().item()
+        for ids in (sampler.sample(n, generator=gen_ours).ids,
+                    torch.multinomial(probs, n, replacement=True, generator=gen_torch)):
+            drawn = torch.isin(ids, top).double().mean().item()
+            if abs(drawn - exact) > 5 * math.sqrt(exact * (1 - exact) / n) + 1e-3:
+                raise AssertionError(f"{name}: top-1000 mass {drawn:.4f} != {exact:.4f}")
+
+    return Case(name, {
+        "fastsoftmax": lambda: sampler.sample(n, generator=gen_ours),
+        "torch.multinomial": lambda: torch.multinomial(probs, n, replacement=True,
+                                                       generator=gen_torch),
+    }, check, [("torch.multinomial", 5.0)])
+
+
 QUICK = dict(B=1024, N=100_000, S=2048)
 
 
 def cases(quick: bool) -> List[Callable[[], Case]]:
     if quick:
         return [lambda: train_step_case(**QUICK, H=64, P=1024),
-                lambda: train_step_case(**QUICK, H=0)]
-    return [train_step_case, lambda: train_step_case(H=0)]
+                lambda: train_step_case(**QUICK, H=0),
+                lambda: unigram_sampling_case(N=100_000, n=100_000)]
+    return [train_step_case, lambda: train_step_case(H=0), unigram_sampling_case]
 
 
 def run(quick: bool, repeats: int) -> Tuple[List[Row], List[str]]:

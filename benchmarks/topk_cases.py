@@ -125,6 +125,7 @@ def run_topk(args) -> List[dict]:
             items_cache.clear()  # NB: one table at a time (N = 1M, d = 128 is 512 MiB)
             items_cache[(N, d)] = torch.randn(N, d, generator=gen)
         w = items_cache[(N, d)]
+        w_bf16 = w.bfloat16()
         excl = torch.randint(0, N, (B, NUM_EXCLUDED), generator=gen)
         excl_csr = (torch.arange(0, B * NUM_EXCLUDED + 1, NUM_EXCLUDED), excl.reshape(-1))
         blocked = B * N * 4 > max_buffer
@@ -142,6 +143,10 @@ def run_topk(args) -> List[dict]:
             f"fastsoftmax excl{NUM_EXCLUDED}":
                 lambda: fastsoftmax.topk_inner_product(q, w, k, exclude=excl_csr),
             "torch.topk chunked": lambda: torch_topk_chunked(q, w, k),
+            # The bfloat16 scan with float64 re-scoring (exact float32 result); the table's
+            # bfloat16 copy is made once, as ItemIndex(bf16_scan=True) keeps it.
+            "fastsoftmax bf16 scan (exact fp32)":
+                lambda: fastsoftmax.topk_inner_product_bf16(q, w, k, items_bf16=w_bf16),
         }
         if not blocked:
             cand["torch.topk(q @ W.T)"] = lambda: torch.topk(q @ w.T, k, dim=1)
