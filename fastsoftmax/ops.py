@@ -83,9 +83,22 @@ def _fused_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad_query, grad_positives, grad_candidates)
 
 
+def _is_eager_cpu_one(t: torch.Tensor) -> bool:
+    """A plain CPU tensor holding 1, outside any tracing (compile, fake or functional tensors,
+    dispatch modes), where reading its value is free and cannot be baked into a graph."""
+    return (type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1
+            and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and float(t) == 1.0)
+
+
 def _fused_backward(ctx, grad_loss, *_unused):
-    # The op already holds d loss / d inputs; the chain rule only scales them.
-    grads = tuple((grad_loss * g).to(g.dtype) for g in ctx.saved_tensors)
+    # The op already holds d loss / d inputs; the chain rule only scales them. NB: loss.backward()
+    # seeds grad_loss = 1, and scaling [B, T, d] gradients by 1 cost 7 % of a training step, so
+    # eager CPU skips it (reading a CPU scalar does not synchronise; traced graphs keep the mul).
+    saved = ctx.saved_tensors
+    if _is_eager_cpu_one(grad_loss):
+        return tuple(saved) + (None,) * 9
+    grads = tuple((grad_loss * g).to(g.dtype) for g in saved)
     return grads + (None,) * 9
 
 

@@ -412,3 +412,29 @@ def test_no_grad_and_eval_use_the_forward_only_op():
         loss = fastsoftmax.sampled_softmax_cross_entropy(**kw)
     ref = sampled_softmax_cross_entropy_reference(**kw)
     torch.testing.assert_close(loss, ref)
+
+
+def test_fused_training_path_scales_and_accumulates_gradients():
+    # The fused op returns its input gradients directly when the seed gradient is 1: check that
+    # a second backward still accumulates, and that other seeds scale.
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(5, 8, generator=g, requires_grad=True)
+    positives = torch.randn(5, 2, 8, generator=g, requires_grad=True)
+    candidates = torch.randn(7, 8, generator=g, requires_grad=True)
+    ids = torch.tensor([[0, 1], [2, -1], [3, 4], [5, 6], [7, 8]])
+    cand_ids = torch.arange(3, 10)
+    kwargs = dict(positive_ids=ids, candidate_ids=cand_ids)
+    ref = sampled_softmax_cross_entropy_reference(query.double(), positives.double(),
+                                                  candidates.double(), **kwargs)
+    expected = torch.autograd.grad(ref, (query, positives, candidates))
+
+    loss = fastsoftmax.sampled_softmax_cross_entropy(query, positives, candidates, **kwargs)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for param, want in zip((query, positives, candidates), expected):
+        torch.testing.assert_close(param.grad, 2 * want.float(), rtol=1e-4, atol=1e-5)
+        param.grad = None
+    (3.0 * fastsoftmax.sampled_softmax_cross_entropy(query, positives, candidates,
+                                                     **kwargs)).backward()
+    for param, want in zip((query, positives, candidates), expected):
+        torch.testing.assert_close(param.grad, 3 * want.float(), rtol=1e-4, atol=1e-5)

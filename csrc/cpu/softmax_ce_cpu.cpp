@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "common/math.h"
@@ -37,6 +38,13 @@ template <typename scalar_t, typename acc_t>
 inline void axpy(acc_t* y, acc_t alpha, const scalar_t* x, int64_t d) {
 #pragma omp simd
   for (int64_t j = 0; j < d; ++j) y[j] += alpha * static_cast<acc_t>(x[j]);
+}
+
+// y = alpha * x (y acc, x any float type).
+template <typename acc_t, typename scalar_t>
+inline void scaled_copy(acc_t* y, acc_t alpha, const scalar_t* x, int64_t d) {
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) y[j] = alpha * static_cast<acc_t>(x[j]);
 }
 
 inline bool is_hit(int64_t id, const int64_t* hits, int64_t T) {
@@ -252,7 +260,9 @@ void indexed_backward(const SampledArgs& a, const Tensor& lse, const Tensor& coe
 }
 
 // Gradients through the positives' own scores: d loss / d s+_bt = g_b (W_b softmax(s+)_bt - w_bt)
-// with W_b = sum_t w_bt. Adds into grad_query [B, d] and grad_positives [B, T, d] (acc).
+// with W_b = sum_t w_bt. Adds into grad_query [B, d]; writes every entry of grad_positives
+// [B, T, d] (acc), which may therefore come uninitialised (with hard negatives as weight-0
+// slots it is the largest buffer of a training step: zero-filling it cost a sixth of the step).
 void accumulate_positive_grads(const SampledArgs& a, const Tensor& valid_w, const Tensor& total_w,
                                const Tensor& g, const Tensor& lse_acc, Tensor& grad_q,
                                Tensor& grad_e) {
@@ -275,13 +285,19 @@ void accumulate_positive_grads(const SampledArgs& a, const Tensor& valid_w, cons
     const auto inv_tau = static_cast<acc_t>(a.inv_tau);
     at::parallel_for(0, a.B, kRowGrain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        if (W[b] == acc_t(0)) continue;
+        if (W[b] == acc_t(0)) {
+          std::fill(ge + b * T * d, ge + (b + 1) * T * d, acc_t(0));
+          continue;
+        }
         for (int64_t t = 0; t < T; ++t) {
           const int64_t bt = b * T + t;
-          if (pid && pid[bt] < 0) continue;
+          if (pid && pid[bt] < 0) {
+            std::fill(ge + bt * d, ge + (bt + 1) * d, acc_t(0));
+            continue;
+          }
           const acc_t ds = gl[b] * (W[b] * std::exp(s[bt] - lse_p[b]) - w[bt]) * inv_tau;
           axpy(gq + b * d, ds, e + bt * d, d);
-          axpy(ge + bt * d, ds, q + b * d, d);
+          scaled_copy(ge + bt * d, ds, q + b * d, d);
         }
       }
     });
@@ -357,7 +373,7 @@ std::tuple<Tensor, Tensor, Tensor> sampled_softmax_ce_bwd_cpu(
   const Tensor coef = (g * total_w).contiguous();
 
   auto grad_q = at::zeros({a.B, a.d}, opts);
-  auto grad_e = at::zeros({a.B, a.T, a.d}, opts);
+  auto grad_e = at::empty({a.B, a.T, a.d}, opts);  // every entry written below
   auto grad_c = at::zeros({a.C, a.d}, opts);
   if (a.candidate_index.defined()) {
     indexed_backward(a, lse_acc, coef, grad_q, grad_c);
@@ -403,7 +419,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sampled_softmax_ce_fused_cpu(
                                  : at::full({a.B}, -std::numeric_limits<double>::infinity(), opts);
 
   auto grad_q = at::zeros({a.B, a.d}, opts);
-  auto grad_e = at::zeros({a.B, a.T, a.d}, opts);
+  auto grad_e = at::empty({a.B, a.T, a.d}, opts);  // every entry written below
   auto grad_c = at::zeros({a.C, a.d}, opts);
   Tensor lse;
   if (a.candidate_index.defined()) {
