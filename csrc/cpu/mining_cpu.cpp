@@ -180,6 +180,17 @@ void score_tile(const MiningArgs& a, const Tensor& query_block, int64_t r0, int6
   }
 }
 
+// The calling thread's scratch buffer of at least n elements, kept across row blocks and calls.
+// NB: allocating the megabyte-sized score buffers per row block made mining up to 1.8x slower
+// wherever malloc serves such sizes by mmap (page faults on every block), e.g. under
+// MALLOC_MMAP_THRESHOLD_ as the benchmarks set it for their memory measurement.
+template <typename T, int Slot>
+T* thread_scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
+  return buffer.data();
+}
+
 // Runs fn(tid, r0, r1, query_block) for every row block, in parallel over row blocks.
 template <typename Fn>
 void for_each_row_block(const MiningArgs& a, Fn&& fn) {
@@ -265,7 +276,7 @@ void mine_topk(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
   const acc_t* lq = a.pool_log_q.defined() ? a.pool_log_q.const_data_ptr<acc_t>() : nullptr;
   for_each_row_block(a, [&](int, int64_t r0, int64_t r1, const Tensor& query_block) {
     const int64_t rows = r1 - r0;
-    std::vector<acc_t> tile(static_cast<size_t>(rows * std::min(P, kColTile)));
+    acc_t* tile = thread_scratch<acc_t, 0>(rows * std::min(P, kColTile));
     std::vector<acc_t> block(static_cast<size_t>(ceil_div(kColTile, kWalkBlock)));
     std::vector<typename TopH<acc_t>::Entry> entries(static_cast<size_t>(rows * H));
     std::vector<TopH<acc_t>> heaps;
@@ -274,9 +285,9 @@ void mine_topk(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
     for (int64_t c0 = 0; c0 < P; c0 += kColTile) {
       const int64_t c1 = std::min(P, c0 + kColTile), cols = c1 - c0;
       // The ranking does not depend on the temperature: the tile stays unscaled.
-      score_tile(a, query_block, r0, r1, c0, c1, tile.data(), /*scale=*/false);
+      score_tile(a, query_block, r0, r1, c0, c1, tile, /*scale=*/false);
       for (int64_t r = 0; r < rows; ++r) {
-        topk_row_tile(heaps[r], tile.data() + r * cols, cols, c0, block.data());
+        topk_row_tile(heaps[r], tile + r * cols, cols, c0, block.data());
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -379,11 +390,11 @@ void mine_sample(const MiningArgs& a, int64_t* out_index, acc_t* out_log_q) {
   for_each_row_block(a, [&](int, int64_t r0, int64_t r1, const Tensor& query_block) {
     const int64_t rows = r1 - r0;
     const int64_t tile_elems = rows * std::min(P, kColTile);
-    std::vector<acc_t> scores(static_cast<size_t>(cache ? rows * P : tile_elems));
+    acc_t* scores = thread_scratch<acc_t, 1>(cache ? rows * P : tile_elems);
     std::vector<acc_t> probs(static_cast<size_t>(std::min(P, kColTile)));
     std::vector<double> mass(static_cast<size_t>(ceil_div(kColTile, kWalkBlock)));
     // Tile ct of the row block: its slot in the cache, or the one scratch tile.
-    auto tile_at = [&](int64_t ct) { return scores.data() + (cache ? ct * rows * kColTile : 0); };
+    auto tile_at = [&](int64_t ct) { return scores + (cache ? ct * rows * kColTile : 0); };
 
     // Pass 1: log-sum-exp over each row's eligible pool rows.
     std::vector<OnlineLSE<acc_t>> lse_state(static_cast<size_t>(rows));
