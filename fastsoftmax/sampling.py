@@ -288,7 +288,9 @@ class _FixedDistributionSampler(Sampler):
         """log_q of valid ids (no checks): [any] int64 -> float32 of the same shape."""
         if self.unique:
             return _log_inclusion(self._prob_of(ids), num_tries).float()
-        return self._log_prob_of(ids) + (math.log(num_samples) if num_samples else -math.inf)
+        # NB: in place: _log_prob_of returns a fresh tensor, and one [S] buffer fewer matters
+        # when S is in the millions.
+        return self._log_prob_of(ids).add_(math.log(num_samples) if num_samples else -math.inf)
 
     def _log_prob_of(self, ids: Tensor) -> Tensor:
         return torch.log(self._prob_of(ids)).float()
