@@ -7,6 +7,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# The query-tower models share one recipe: an MLP over the history bag and the side features
+# (field dropout keeps the near-unique demographics from being memorised).
+_TOWER_RECIPE: dict[str, dict[str, Any]] = {
+    "model": dict(dim=64, hidden=[256], normalize=True, item_bias=True,
+                  use_side_features=True, field_dropout=0.5),
+    "train": dict(lr=3e-3, batch_size=32, epochs=100, patience=10, history_keep=0.5,
+                  targets_include_history=True),
+    "loss": dict(temperature=0.3),
+}
+
 # model: ModelConfig fields; train: TrainConfig fields; loss: LossConfig overrides (on top of
 # the loss preset).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -15,20 +25,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(lr=3e-3, batch_size=32, epochs=100, patience=10),
         "loss": dict(temperature=0.3),
     },
-    "softmax_dnn": {
-        "model": dict(dim=64, hidden=[256], normalize=True, item_bias=True,
-                      use_side_features=True, field_dropout=0.5),
-        "train": dict(lr=3e-3, batch_size=32, epochs=100, patience=10, history_keep=0.5,
-                      targets_include_history=True),
-        "loss": dict(temperature=0.3),
-    },
-    "two_tower": {
-        "model": dict(dim=64, hidden=[256], normalize=True, item_bias=True,
-                      use_side_features=True, field_dropout=0.5),
-        "train": dict(lr=3e-3, batch_size=32, epochs=100, patience=10, history_keep=0.5,
-                      targets_include_history=True),
-        "loss": dict(temperature=0.3),
-    },
+    "softmax_dnn": _TOWER_RECIPE,
+    "two_tower": _TOWER_RECIPE,
 }
 
 # --quick: a smoke run of the same code paths in a minute or two.
