@@ -65,6 +65,10 @@ TORCH_LIBRARY(fastsoftmax, m) {
   // ---- negative sampling (issue 4) ----
   // `num` ids from a Walker/Vose alias table (alias_prob [N] float32, alias [N] int64): draw i
   // takes bucket k = floor(u * N) and keeps it when coin < alias_prob[k], else alias[k], with
-  // (u, coin) from Philox block (i, seed, offset) (common/alias.h). Not differentiable.
-  m.def("alias_sample(Tensor alias_prob, Tensor alias, int num, int seed, int offset) -> Tensor");
+  // (u, coin) from Philox block (i, seed, offset) (common/alias.h). With log_weight [N] float32
+  // also returns log_weight[id] + log_shift per draw (the log expected counts), else an empty
+  // [0] tensor. Not differentiable.
+  m.def(
+      "alias_sample(Tensor alias_prob, Tensor alias, int num, int seed, int offset, "
+      "Tensor? log_weight=None, float log_shift=0.0) -> (Tensor, Tensor)");
 }

@@ -4,10 +4,20 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace fastsoftmax {
 
 inline void check_alias_sample_args(const at::Tensor& alias_prob, const at::Tensor& alias,
-                                    int64_t num) {
+                                    int64_t num, const std::optional<at::Tensor>& log_weight) {
+  if (log_weight.has_value()) {
+    TORCH_CHECK_VALUE(log_weight->dim() == 1 && log_weight->scalar_type() == at::kFloat &&
+                          log_weight->numel() == alias_prob.numel(),
+                      "log_weight must be a 1-D float32 tensor like alias_prob, got ",
+                      log_weight->scalar_type(), " of shape ", log_weight->sizes());
+    TORCH_CHECK_VALUE(log_weight->device() == alias_prob.device(),
+                      "log_weight must be on alias_prob's device");
+  }
   TORCH_CHECK_VALUE(alias_prob.dim() == 1 && alias_prob.scalar_type() == at::kFloat,
                     "alias_prob must be a 1-D float32 tensor, got ", alias_prob.scalar_type(),
                     " of shape ", alias_prob.sizes());

@@ -172,9 +172,10 @@ def _mine_hard_negatives_fake(query, pool, pool_ids, exclude_ids, pool_log_q, nu
 
 
 @torch.library.register_fake("fastsoftmax::alias_sample")
-def _alias_sample_fake(alias_prob, alias, num, seed, offset):
+def _alias_sample_fake(alias_prob, alias, num, seed, offset, log_weight=None, log_shift=0.0):
     torch._check(alias_prob.dim() == 1 and alias.dim() == 1,
                  lambda: "alias_prob and alias must be 1-D")
     torch._check(num >= 0, lambda: f"num must be >= 0, got {num}")
     # NB: no autograd registration: sampling is not differentiable.
-    return alias.new_empty((num,))
+    return (alias.new_empty((num,)),
+            alias_prob.new_empty((num if log_weight is not None else 0,)))

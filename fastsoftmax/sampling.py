@@ -256,12 +256,20 @@ class _FixedDistributionSampler(Sampler):
                 raise ValueError(f"num_samples={num_samples} unique ids requested but only "
                                  f"{self.support} items can be sampled (unique=True)")
             ids, num_tries = _draw_unique(self._draw, num_samples, gen)
+            ids, log_q = ids.to(device), None
         else:
-            ids, num_tries = self._draw(num_samples, gen), num_samples
-        ids = ids.to(device)
+            ids, log_q = self._draw_with_log_q(num_samples, gen)
+            num_tries = num_samples
+            ids = ids.to(device)
+        log_q = self._log_q(ids, num_samples, num_tries) if log_q is None else log_q.to(device)
         expected = functools.partial(self.log_expected_count, num_samples=num_samples,
                                      num_tries=num_tries)
-        return SampleResult(ids, self._log_q(ids, num_samples, num_tries), num_tries, expected)
+        return SampleResult(ids, log_q, num_tries, expected)
+
+    def _draw_with_log_q(self, m: int, generator: torch.Generator):
+        """m draws with replacement and their log expected counts log(m p_i), or None for
+        ``_log_q`` to compute them (samplers whose kernel yields both override this)."""
+        return self._draw(m, generator), None
 
     def log_expected_count(self, ids: Tensor, num_samples: int, *,
                            num_tries: Optional[int] = None) -> Tensor:
@@ -467,10 +475,21 @@ class UnigramSampler(_FixedDistributionSampler):
         return self._support
 
     def _draw(self, m: int, generator: torch.Generator) -> Tensor:
+        return self._alias_sample(m, generator, with_log_q=False)[0]
+
+    def _draw_with_log_q(self, m: int, generator: torch.Generator):
+        return self._alias_sample(m, generator, with_log_q=True)
+
+    def _alias_sample(self, m: int, generator: torch.Generator, with_log_q: bool):
         # One 63-bit draw from the generator seeds the fused kernel (fastsoftmax::alias_sample:
-        # Philox per draw, one pass, no temporaries); the ids land where the table lives.
+        # Philox per draw, one pass, log_q gathered in the same pass); the results land where
+        # the table lives.
         seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
-        return torch.ops.fastsoftmax.alias_sample(self.alias_prob, self.alias, m, seed, 0)
+        if not with_log_q:
+            return torch.ops.fastsoftmax.alias_sample(self.alias_prob, self.alias, m, seed, 0)
+        shift = math.log(m) if m else -math.inf
+        return torch.ops.fastsoftmax.alias_sample(self.alias_prob, self.alias, m, seed, 0,
+                                                  self.log_probs, shift)
 
     def _prob_of(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1).to(self.probs.device)

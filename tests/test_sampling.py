@@ -596,42 +596,55 @@ def test_unique_gives_up_instead_of_looping_forever():
 
 def _alias_table(n: int = 1000):
     sampler = UnigramSampler(skewed_counts(n))
-    return sampler.alias_prob, sampler.alias
+    return sampler.alias_prob, sampler.alias, sampler.log_probs
+
+
+def _alias_ids(prob, alias, num, seed, offset):
+    ids, log_q = torch.ops.fastsoftmax.alias_sample(prob, alias, num, seed, offset)
+    assert log_q.shape == (0,)  # no log_weight: no log_q
+    return ids
 
 
 @pytest.mark.parametrize("seed, offset", [(0, 0), (7, 3), (2**62 + 5, 2**40 + 1)])
 def test_alias_sample_op_matches_reference(seed, offset):
     from fastsoftmax.reference import alias_sample_reference
 
-    prob, alias = _alias_table()
-    ids = torch.ops.fastsoftmax.alias_sample(prob, alias, 20_000, seed, offset)
+    prob, alias, log_p = _alias_table()
+    ids = _alias_ids(prob, alias, 20_000, seed, offset)
     assert ids.dtype == torch.int64 and ids.shape == (20_000,)
     assert torch.equal(ids, alias_sample_reference(prob, alias, 20_000, seed, offset))
+    # With log_weight, the same ids and log_weight[id] + log_shift beside them.
+    ids2, log_q = torch.ops.fastsoftmax.alias_sample(prob, alias, 20_000, seed, offset, log_p,
+                                                     math.log(20_000))
+    assert torch.equal(ids2, ids)
+    assert log_q.dtype == torch.float32
+    torch.testing.assert_close(log_q, log_p[ids] + math.log(20_000))
 
 
 def test_alias_sample_op_is_independent_of_the_thread_count():
-    prob, alias = _alias_table()
+    prob, alias, _ = _alias_table()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.fastsoftmax.alias_sample(prob, alias, 100_000, 11, 0)
+        one = _alias_ids(prob, alias, 100_000, 11, 0)
         torch.set_num_threads(max(2, threads))
-        many = torch.ops.fastsoftmax.alias_sample(prob, alias, 100_000, 11, 0)
+        many = _alias_ids(prob, alias, 100_000, 11, 0)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
     # A prefix of a longer draw is the shorter draw; another offset is another stream.
-    assert torch.equal(torch.ops.fastsoftmax.alias_sample(prob, alias, 100, 11, 0), one[:100])
-    assert not torch.equal(torch.ops.fastsoftmax.alias_sample(prob, alias, 100, 11, 1), one[:100])
+    assert torch.equal(_alias_ids(prob, alias, 100, 11, 0), one[:100])
+    assert not torch.equal(_alias_ids(prob, alias, 100, 11, 1), one[:100])
 
 
 def test_alias_sample_op_edge_cases_and_opcheck():
-    prob, alias = _alias_table(5)
-    assert torch.ops.fastsoftmax.alias_sample(prob, alias, 0, 1, 0).shape == (0,)
-    single = torch.ops.fastsoftmax.alias_sample(torch.ones(1), torch.zeros(1, dtype=torch.long),
-                                                1000, 3, 0)
+    prob, alias, log_p = _alias_table(5)
+    assert _alias_ids(prob, alias, 0, 1, 0).shape == (0,)
+    single = _alias_ids(torch.ones(1), torch.zeros(1, dtype=torch.long), 1000, 3, 0)
     assert torch.equal(single, torch.zeros(1000, dtype=torch.long))
-    torch.library.opcheck(torch.ops.fastsoftmax.alias_sample.default, (prob, alias, 64, 5, 2))
+    op = torch.ops.fastsoftmax.alias_sample.default
+    torch.library.opcheck(op, (prob, alias, 64, 5, 2))
+    torch.library.opcheck(op, (prob, alias, 64, 5, 2, log_p, 1.5))
 
 
 @pytest.mark.parametrize("args, match", [
@@ -646,9 +659,18 @@ def test_alias_sample_op_bad_arguments(args, match):
         torch.ops.fastsoftmax.alias_sample(*args, 0, 0)
 
 
+def test_alias_sample_op_bad_log_weight():
+    prob, alias, _ = _alias_table(5)
+    for bad in (torch.zeros(4), torch.zeros(5, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="log_weight"):
+            torch.ops.fastsoftmax.alias_sample(prob, alias, 3, 0, 0, bad, 0.0)
+
+
 @needs_cuda
 def test_alias_sample_op_cuda_matches_cpu():
-    prob, alias = _alias_table()
-    cpu = torch.ops.fastsoftmax.alias_sample(prob, alias, 50_000, 9, 4)
-    cuda = torch.ops.fastsoftmax.alias_sample(prob.cuda(), alias.cuda(), 50_000, 9, 4)
-    assert cuda.is_cuda and torch.equal(cuda.cpu(), cpu)
+    prob, alias, log_p = _alias_table()
+    cpu_ids, cpu_lq = torch.ops.fastsoftmax.alias_sample(prob, alias, 50_000, 9, 4, log_p, 2.0)
+    ids, lq = torch.ops.fastsoftmax.alias_sample(prob.cuda(), alias.cuda(), 50_000, 9, 4,
+                                                 log_p.cuda(), 2.0)
+    assert ids.is_cuda and torch.equal(ids.cpu(), cpu_ids)
+    torch.testing.assert_close(lq.cpu(), cpu_lq)
