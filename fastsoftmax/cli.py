@@ -456,12 +456,18 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .data import DataFormatError
+
     try:
         _set_threads(args.threads)
         _check_device(args.device)
         return COMMANDS[args.command](args)
     except CLIError as err:
         parser.error(str(err))  # exits with status 2
+    except (FileNotFoundError, DataFormatError) as err:
+        # Missing or malformed data files: the message names the file (and line); a
+        # traceback would only bury it.
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     return 1
 
 

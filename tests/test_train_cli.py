@@ -352,3 +352,11 @@ def test_format_table_and_aggregate():
 def test_isinstance_of_models(tiny):
     assert isinstance(create_model("mf", tiny, dim=4), MatrixFactorization)
     assert isinstance(create_model("softmax_dnn", tiny, dim=4), SoftmaxDNN)
+
+
+def test_cli_reports_missing_data_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--data-path", str(tmp_path / "nowhere"), "--no-progress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "nowhere" in err and "Traceback" not in err
