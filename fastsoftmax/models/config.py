@@ -10,8 +10,25 @@ MODEL_ALIASES = {"mf": "mf", "matrix_factorization": "mf", "dnn": "softmax_dnn",
                  "softmax_dnn": "softmax_dnn", "two_tower": "two_tower", "twotower": "two_tower"}
 
 
+class DictConfig:
+    """``to_dict`` / ``from_dict`` of a config dataclass, for checkpoints stored as JSON.
+    ``from_dict`` rejects keys the dataclass does not have, naming them."""
+
+    config_name = "config"  # in error messages; each config names itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.config_name} keys: {sorted(unknown)}")
+        return cls(**values)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(DictConfig):
     """What :func:`fastsoftmax.models.build_model` needs to rebuild a model.
 
     kind:            "mf", "softmax_dnn" or "two_tower".
@@ -55,6 +72,8 @@ class ModelConfig:
     n_year_buckets: int = 0
     item_id_dim: int = 0
 
+    config_name = "model config"
+
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
@@ -76,14 +95,3 @@ class ModelConfig:
         for name in ("field_dropout", "dropout"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**values)

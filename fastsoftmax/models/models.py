@@ -56,9 +56,12 @@ class Recommender(nn.Module):
         return torch.cat([x, bias.unsqueeze(1).to(x.dtype)], dim=1)
 
     def query_embeddings(self, batch: QueryBatch) -> Tensor:
+        """[B, d'] query embeddings of the batch. Abstract: each model defines it."""
         raise NotImplementedError
 
     def item_embeddings(self, ids: Optional[Tensor] = None) -> Tensor:
+        """[N, d'] embeddings of every item, or [n, d'] of ``ids``. Abstract: each model
+        defines it."""
         raise NotImplementedError
 
     def forward(self, batch: QueryBatch) -> Tensor:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..models.config import DictConfig
 from ..data import (
     Interactions,
     RecDataset,
@@ -44,7 +45,7 @@ SECONDS_PER_DAY = 86400.0
 
 
 @dataclass
-class DataConfig:
+class DataConfig(DictConfig):
     """Which data and which split (stored in checkpoints so ``evaluate`` can rebuild them).
 
     dataset:   "ml-100k" (found automatically, see fastsoftmax.data), "ml-1m" (needs ``path``)
@@ -64,6 +65,8 @@ class DataConfig:
     n_given: int = 5
     synthetic: dict = field(default_factory=dict)
 
+    config_name = "data config"
+
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
@@ -72,12 +75,6 @@ class DataConfig:
         if self.dataset == "ml-1m" and not self.path:
             raise ValueError("dataset 'ml-1m' needs a path (folder or ml-1m.zip)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
-        return cls(**values)
 
 
 @dataclass

@@ -6,13 +6,13 @@ fused sampled softmax).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..models.config import DictConfig
 from ..models import Recommender
 
 LOSS_KINDS = ("full", "sampled", "positives_only")
@@ -21,7 +21,7 @@ HARD_NEGATIVE_MODES = ("sample", "topk")
 
 
 @dataclass
-class LossConfig:
+class LossConfig(DictConfig):
     """kind:            "full" (every item is a negative), "sampled", or "positives_only"
                         (squared error (1 - q·v)² on the observed pairs only: no negatives at
                         all; the folding baseline).
@@ -46,6 +46,8 @@ class LossConfig:
     logq_correction: bool = True
     remove_accidental_hits: bool = True
 
+    config_name = "loss config"
+
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {self.kind!r}")
@@ -62,12 +64,6 @@ class LossConfig:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "LossConfig":
-        return cls(**values)
 
     def describe(self) -> str:
         if self.kind != "sampled":

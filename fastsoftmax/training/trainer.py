@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ..models.config import DictConfig
 from ..metrics import evaluate_ranking, folding_score
 from ..models import MatrixFactorization, ModelConfig, Recommender, build_model
 from .data import EvalTask, PreparedData
@@ -21,7 +21,7 @@ DEFAULT_KS = (10,)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """epochs:         maximum epochs (one epoch = every training user once, in random order).
     lr, weight_decay:  Adam's.
     batch_size:        users per step.
@@ -54,6 +54,8 @@ class TrainConfig:
     progress: bool = True
     cold_start_method: str = "fold_in"
 
+    config_name = "training config"
+
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 0:
             raise ValueError("need epochs >= 0, batch_size >= 1, eval_every >= 1, patience >= 0")
@@ -65,12 +67,6 @@ class TrainConfig:
         if self.cold_start_method not in ("fold_in", "mean"):
             raise ValueError("cold_start_method must be 'fold_in' or 'mean'")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return cls(**values)
 
 
 @dataclass
