@@ -25,34 +25,26 @@ namespace {
 
 constexpr int64_t kChunk = 1024;
 
-// Draws [i0, i0 + len) of the stream, in two loops: Philox and the bucket/coin arithmetic for
-// the whole chunk first (the simd loop: ten rounds of 32x32->64 multiplies per draw dominate
-// the cost and vectorise well), then the table lookups. The values are those of
-// common/alias.h's alias_draw, which the CUDA kernel calls per draw.
+// Draws [i0, i0 + len) of the stream, in two loops: the buckets and coins of the whole chunk
+// first (a simd loop: Philox's ten rounds of 32x32->64 multiplies per draw dominate the cost
+// and vectorise well), then the table lookups; the same values as alias_draw, which the CUDA
+// kernel calls per draw.
 FS_SAMPLING_CLONES
 void alias_chunk(const PhiloxStream& stream, int64_t i0, int64_t len, const float* prob,
                  const int64_t* table, int64_t n, int64_t* ids, const float* log_weight,
                  float log_shift, float* log_q) {
   int64_t bucket[kChunk];
   double coin[kChunk];
-  const double scale = static_cast<double>(n);
-  const uint32_t off_lo = static_cast<uint32_t>(stream.offset);
-  const uint32_t off_hi = static_cast<uint32_t>(stream.offset >> 32);
-  const uint32_t key0 = static_cast<uint32_t>(stream.seed);
-  const uint32_t key1 = static_cast<uint32_t>(stream.seed >> 32);
+  const auto key0 = static_cast<uint32_t>(stream.seed);
+  const auto key1 = static_cast<uint32_t>(stream.seed >> 32);
+  const auto off_lo = static_cast<uint32_t>(stream.offset);
+  const auto off_hi = static_cast<uint32_t>(stream.offset >> 32);
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    const uint64_t i = static_cast<uint64_t>(i0 + j);
-    const Philox4x32 r = philox4x32_10(
-        Philox4x32{{static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32), off_lo, off_hi}},
-        key0, key1);
-    const uint64_t bits_bucket = ((static_cast<uint64_t>(r.v[0]) << 32) | r.v[1]) >> 11;
-    const uint64_t bits_coin = ((static_cast<uint64_t>(r.v[2]) << 32) | r.v[3]) >> 11;
-    // NB: < 2^53, so the signed conversions are exact (and vectorise without AVX-512DQ).
-    const double u = static_cast<double>(static_cast<int64_t>(bits_bucket)) * 0x1.0p-53;
-    coin[j] = static_cast<double>(static_cast<int64_t>(bits_coin)) * 0x1.0p-53;
-    const int64_t k = static_cast<int64_t>(u * scale);
-    bucket[j] = k < n ? k : n - 1;
+    const AliasBucketCoin pick =
+        alias_bucket_coin(static_cast<uint64_t>(i0 + j), key0, key1, off_lo, off_hi, n);
+    bucket[j] = pick.bucket;
+    coin[j] = pick.coin;
   }
   for (int64_t j = 0; j < len; ++j) {
     const int64_t k = bucket[j];
