@@ -105,6 +105,10 @@ def create_model(kind: str, data: PreparedData, **hyper) -> Recommender:
     return attach_data(build_model(model_config_for(kind, data, **hyper)), data)
 
 
+# Steps between updates of the progress bar's running loss (each update reads the loss).
+_PROGRESS_EVERY = 20
+
+
 def _progress(iterable, enabled: bool, **kwargs):
     if not enabled:
         return iterable
@@ -195,10 +199,12 @@ def train(model: Recommender, data: PreparedData, loss_config: LossConfig,
         model.train()
         start = time.perf_counter()
         order = users_all[torch.randperm(users_all.numel(), generator=generator)]
-        total, steps = 0.0, 0
+        # NB: the loss sum stays a tensor: reading it every step would synchronise a GPU.
+        total, steps = torch.zeros((), device=device), 0
         batches = range(0, order.numel(), config.batch_size)
-        for first in _progress(batches, config.progress, desc=f"epoch {epoch}", leave=False,
-                               unit="batch"):
+        bar = _progress(batches, config.progress, desc=f"epoch {epoch}", leave=False,
+                        unit="batch")
+        for first in bar:
             users = order[first:first + config.batch_size]
             batch, targets = training_batch(data, users, history_keep, generator,
                                             config.max_targets,
@@ -209,14 +215,16 @@ def train(model: Recommender, data: PreparedData, loss_config: LossConfig,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach())
+            total += loss.detach().float()
             steps += 1
             examples += users.numel()
+            if config.progress and steps % _PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{float(total) / steps:.4f}", refresh=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - start
         epochs_run = epoch
-        entry = {"epoch": epoch, "loss": total / max(steps, 1)}
+        entry = {"epoch": epoch, "loss": float(total) / max(steps, 1)}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             valid = evaluate(model, data, "valid", topk_fn=topk_fn,
                              cold_start_method=config.cold_start_method)
