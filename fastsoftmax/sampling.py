@@ -31,6 +31,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .mining import _seed_from
+
 __all__ = [
     "SampleResult",
     "Sampler",
@@ -484,7 +486,7 @@ class UnigramSampler(_FixedDistributionSampler):
         # One 63-bit draw from the generator seeds the fused kernel (fastsoftmax::alias_sample:
         # Philox per draw, one pass, log_q gathered in the same pass); the results land where
         # the table lives.
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+        seed = _seed_from(generator)
         if not with_log_q:
             return torch.ops.fastsoftmax.alias_sample(self.alias_prob, self.alias, m, seed, 0)
         shift = math.log(m) if m else -math.inf
