@@ -20,6 +20,7 @@ from fastsoftmax.metrics import (
     ranking_metrics,
     recall_at_k,
 )
+from fastsoftmax.reference_topk import topk_inner_product_reference as reference_topk
 
 NAN = float("nan")
 
@@ -124,19 +125,6 @@ def test_bad_inputs_raise():
 
 
 # ----------------------------------------------------------------------------------- evaluate
-def reference_topk(query, items, k, *, bias=None, exclude=None):
-    """Pure-torch top-k: higher score first, lower index on ties, excluded items -> -1 padding."""
-    scores = query @ items.T
-    if bias is not None:
-        scores = scores + bias
-    if exclude is not None:
-        offsets, indices = exclude
-        rows = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets[1:] - offsets[:-1])
-        scores[rows, indices] = -torch.inf
-    values, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    values, order = values[:, :k], order[:, :k]
-    return values, torch.where(values == -torch.inf, -1, order)
-
 
 # Items on a line: user [1, 0] ranks them 0, 1, ..., 5; user [-1, 0] ranks them 5, 4, ..., 0.
 ITEMS = torch.tensor([[6.0, 0.0], [5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])

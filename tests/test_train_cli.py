@@ -8,6 +8,7 @@ import torch
 from fastsoftmax import cli
 from fastsoftmax.data import UserItemCSR
 from fastsoftmax.models import MatrixFactorization, SoftmaxDNN
+from fastsoftmax.reference_topk import topk_inner_product_reference as reference_topk
 from fastsoftmax.training import (
     DataConfig,
     LossConfig,
@@ -28,19 +29,6 @@ from fastsoftmax.training.experiments import aggregate, format_table
 
 TINY = dict(n_users=120, n_items=60, n_groups=3, interactions_per_user=12, p_in=0.9)
 
-
-def exact_topk(query, items, k, *, bias=None, exclude=None):
-    """Exact top-k by inner product for the tests (higher score first, lower index on ties)."""
-    scores = (query @ items.T).double()
-    if bias is not None:
-        scores = scores + bias
-    if exclude is not None:
-        offsets, indices = exclude
-        rows = torch.repeat_interleave(torch.arange(query.shape[0]), offsets[1:] - offsets[:-1])
-        scores[rows, indices] = -math.inf
-    # stable sort of (-score) keeps the lower index first on ties
-    order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
-    return scores.gather(1, order), order
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +155,10 @@ def test_training_reduces_the_loss_and_beats_chance(tiny, kind):
     config = TrainConfig(epochs=8, lr=1e-2, batch_size=16, patience=0, progress=False,
                          eval_every=8)
     result = train(model, tiny, LossConfig(kind="full", temperature=0.3), config,
-                   topk_fn=exact_topk, log=None)
+                   topk_fn=reference_topk, log=None)
     losses = [entry["loss"] for entry in result.log]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
-    metrics = evaluate(model, tiny, "test", topk_fn=exact_topk)
+    metrics = evaluate(model, tiny, "test", topk_fn=reference_topk)
     # random ranking of 60 items finds ~ 10/60 of the test items
     assert metrics["recall@10"] > 0.3
     assert result.best_epoch == 8 and result.examples_per_second > 0
@@ -179,10 +167,10 @@ def test_training_reduces_the_loss_and_beats_chance(tiny, kind):
 def test_early_stopping_restores_the_best_epoch(tiny):
     model = create_model("mf", tiny, dim=8)
     config = TrainConfig(epochs=30, lr=0.5, batch_size=8, patience=2, progress=False)
-    result = train(model, tiny, LossConfig(kind="full"), config, topk_fn=exact_topk, log=None)
+    result = train(model, tiny, LossConfig(kind="full"), config, topk_fn=reference_topk, log=None)
     assert result.epochs_run < 30
     assert result.epochs_run - result.best_epoch == 2
-    valid = evaluate(model, tiny, "valid", topk_fn=exact_topk)
+    valid = evaluate(model, tiny, "valid", topk_fn=reference_topk)
     assert valid["ndcg@10"] == pytest.approx(result.best_valid["ndcg@10"])
 
 
@@ -194,7 +182,7 @@ def test_training_is_seeded(tiny):
         model = create_model("softmax_dnn", tiny, dim=8, hidden=[8], field_dropout=0.3)
         torch.manual_seed(global_seed)
         config = TrainConfig(epochs=2, batch_size=32, patience=0, progress=False, seed=3)
-        train(model, tiny, LossConfig(kind="full"), config, topk_fn=exact_topk, log=None)
+        train(model, tiny, LossConfig(kind="full"), config, topk_fn=reference_topk, log=None)
         return model.item_embeddings()
 
     torch.testing.assert_close(once(123), once(456))
@@ -203,7 +191,7 @@ def test_training_is_seeded(tiny):
 def test_positives_only_training_runs(tiny):
     model = create_model("softmax_dnn", tiny, dim=8, hidden=[8], use_side_features=False)
     config = TrainConfig(epochs=3, batch_size=32, patience=0, progress=False, lr=1e-2)
-    result = train(model, tiny, loss_preset("positives_only"), config, topk_fn=exact_topk,
+    result = train(model, tiny, loss_preset("positives_only"), config, topk_fn=reference_topk,
                    log=None)
     assert result.log[-1]["loss"] < result.log[0]["loss"]
 
